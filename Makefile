@@ -1,0 +1,73 @@
+# mmserve — the two commands a newcomer runs are `make serve` and `make test`.
+# Both create a virtual environment (unless one is active), install the pinned CPU build of torch,
+# then the package. Override TORCH_SPEC to pick another build, e.g. TORCH_SPEC="torch==2.13.0+cu128".
+
+PYTHON       ?= python3
+TORCH_SPEC   ?= torch==2.13.0
+VENV         ?= .venv
+HOST         ?= 127.0.0.1
+PORT         ?= 8000
+PYTEST_ARGS  ?=
+
+ifdef VIRTUAL_ENV
+  BIN := $(VIRTUAL_ENV)/bin
+else
+  BIN := $(VENV)/bin
+endif
+PY := $(BIN)/python
+STAMP_DIR := $(dir $(PY))..
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: help install install-dev test test-fast serve export-bundled train-bundled kernels bench clean
+
+help:
+	@echo "make serve   - install, export the bundled models to ONNX (once), start the server on $(HOST):$(PORT)"
+	@echo "make test    - install the dev extras and run the test suite"
+	@echo "make bench   - run the CPU benchmarks in benchmarks/"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP_DIR)/.mmserve-base: pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(STAMP_DIR)/.mmserve-dev: pyproject.toml $(STAMP_DIR)/.mmserve-base
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(STAMP_DIR)/.mmserve-base
+install-dev: $(STAMP_DIR)/.mmserve-dev
+
+# Builds (or reuses from the cache) the fused CPU kernel so the first request does not pay for it.
+kernels: install
+	$(BIN)/mmserve kernels build
+
+test: install-dev
+	$(BIN)/mmserve kernels build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install-dev
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+export-bundled: install
+	$(BIN)/mmserve export models/digits-vit --format onnx --out build/onnx/digits-vit --skip-if-current
+	$(BIN)/mmserve export models/numbers-en-de --format onnx --out build/onnx/numbers-en-de --skip-if-current
+
+serve: export-bundled kernels
+	$(BIN)/mmserve serve --classifier build/onnx/digits-vit --translator build/onnx/numbers-en-de \
+		--backend onnxruntime --host $(HOST) --port $(PORT)
+
+train-bundled: install-dev
+	$(BIN)/mmserve train classifier --out models/digits-vit
+	$(BIN)/mmserve train translator --out models/numbers-en-de
+
+bench: install-dev
+	$(PY) benchmarks/bench_op_cpu.py
+	$(PY) benchmarks/bench_model_cpu.py
+	$(PY) benchmarks/bench_onnx_cpu.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,26 @@
+"""The MultiMax op: softmax(seglu(x)) (Zhou, Fritz & Keuper, ICML 2024).
+
+Public API: `seglu`, `multimax`, the `MultiMax` module, `multimax_parameters`, the plain reference
+functions used by tests, and `multimax_attention` (attention with MultiMax as its normaliser).
+"""
+
+from .attention import multimax_attention, softmax_attention
+from .functional import multimax, seglu
+from .kernels import available_kernels, register_kernel_provider
+from .module import OFFICIAL_INIT_STD, OFFICIAL_ORDER, MultiMax, multimax_parameters
+from .reference import multimax_reference, seglu_reference
+
+__all__ = [
+    "seglu",
+    "multimax",
+    "MultiMax",
+    "multimax_parameters",
+    "multimax_attention",
+    "softmax_attention",
+    "seglu_reference",
+    "multimax_reference",
+    "available_kernels",
+    "register_kernel_provider",
+    "OFFICIAL_ORDER",
+    "OFFICIAL_INIT_STD",
+]
