@@ -27,8 +27,9 @@ _stderr = Console(stderr=True)
 
 
 def _register_commands() -> None:
-    from . import kernels_cmd
+    from . import kernels_cmd, train_cmd
 
+    app.add_typer(train_cmd.app, name="train")
     app.add_typer(kernels_cmd.app, name="kernels")
 
 

@@ -1,0 +1,1 @@
+"""Turn mmserve models into deployable files (ONNX, TensorRT engines) and check numerical parity."""

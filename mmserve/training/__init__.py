@@ -1,0 +1,1 @@
+"""Training loops for the bundled models (`mmserve train ...`)."""

@@ -1,0 +1,1 @@
+"""The mmserve inference server: FastAPI routes -> per-model dynamic batcher -> backend."""
