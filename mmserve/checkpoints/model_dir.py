@@ -118,6 +118,8 @@ def save_model_dir(
         (staging / CONFIG_NAME).write_text(json.dumps(config.model_dump(), indent=2) + "\n")
         save_model(model, str(staging / WEIGHTS_NAME))
         for name, content in (side_files or {}).items():
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ValueError(f"side file name {name!r} must be a relative path inside the model directory")
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(content, bytes):
@@ -127,6 +129,7 @@ def save_model_dir(
         if card is not None:
             (staging / CARD_NAME).write_text(card)
         write_manifest(staging)
+        _make_readable(staging)
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)
@@ -134,6 +137,14 @@ def save_model_dir(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def _make_readable(directory: Path) -> None:
+    """Published artefacts are world-readable: mkdtemp creates 0700 and safetensors writes 0600 files,
+    which would lock out a server running as another user."""
+    directory.chmod(0o755)
+    for path in directory.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def load_model_dir(directory: Path | str, device: str | torch.device = "cpu", verify: bool = True) -> LoadedModel:
