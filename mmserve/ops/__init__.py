@@ -9,6 +9,7 @@ from .functional import multimax, seglu
 from .kernels import available_kernels, register_kernel_provider
 from .module import OFFICIAL_INIT_STD, OFFICIAL_ORDER, MultiMax, multimax_parameters
 from .reference import multimax_reference, seglu_reference
+from . import accelerated, cpu_kernel  # noqa: F401,E402  (register fused kernels; nothing is built or imported yet)
 
 __all__ = [
     "seglu",

@@ -8,7 +8,10 @@ Mask convention everywhere in mmserve: boolean, True = masked out (the opposite 
 - "eager": scores = q k^T * scale, then the `mmserve::multimax` op (fused per device), then @ v.
   The only path that can return the attention weights (used by attention rollout).
 - "auto": the best path registered for the device (see `register_attention_impl`), else "eager".
-Other implementations (flex_attention, a Triton flash kernel) register themselves from `plugins/`.
+Registered implementations: CPU "fused" (`mmserve.ops.cpu_kernel`: C++ attention for float32
+inference, scores kept in cache; it defers to "eager" for training and while tracing/exporting) and
+"flex" (`mmserve.ops.flex`: flex_attention with the modulator as score_mod; picked by "auto" on CUDA,
+by name only on CPU), both registered from `mmserve.ops.__init__` without importing anything heavy.
 """
 
 from __future__ import annotations

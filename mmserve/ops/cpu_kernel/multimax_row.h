@@ -1,0 +1,347 @@
+// Shared by the fused MultiMax CPU kernels (multimax_cpu.cpp: the row op; attention_cpu.cpp: fused
+// attention): parameters, the scalar and vector math (seglu, exp), the row forward, mask
+// addressing. Header-only (inline functions and templates), compiled into each translation unit.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+namespace mmserve_cpu {
+
+constexpr int kMaxOrder = 16;         // ranges/ts of length up to 32
+constexpr int64_t kRowsPerBlock = 8;  // backward: rows per deterministic partial-sum block
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// ---------------------------------------------------------------------------------------------
+// Parameters of the modulator, read once per call.
+template <typename acc_t>
+struct Params {
+  acc_t r[2 * kMaxOrder];
+  acc_t t[2 * kMaxOrder];
+  int order;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Scalar float math (row tails, and the reference for the vector versions).
+// exp(x) for x <= 0 (softmax only evaluates exp(z - max)): x = n ln2 + r, |r| <= ln2/2, exp(r) by a
+// degree-6 polynomial (~1 ulp), 2^n by writing the exponent bits. Below ln(FLT_MIN), including the
+// -inf of masked entries, the result is exactly 0; NaN stays NaN.
+constexpr float kExpLo = -87.3365447505f;  // ln(FLT_MIN): 2^n stays a normal number above it
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = -2.12194440e-4f;
+constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f,
+                kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+
+inline float exp_nonpos(float x) {
+  if (x != x) return x;
+  if (!(x >= kExpLo)) return 0.0f;
+  const float n = (x * kLog2e + kRound) - kRound;
+  float r = x - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  float p = kP0;
+  p = p * r + kP1;
+  p = p * r + kP2;
+  p = p * r + kP3;
+  p = p * r + kP4;
+  p = p * r + kP5;
+  p = p * (r * r) + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline double exp_nonpos(double x) { return std::exp(x); }
+
+// seglu for one element. ORDER >= 0: compile-time order (unrolled); ORDER == -1: run-time order.
+template <int ORDER, typename acc_t>
+inline acc_t seglu(acc_t x, const Params<acc_t>& p) {
+  const int order = ORDER >= 0 ? ORDER : p.order;
+  acc_t z = x;
+  for (int n = 1; n <= order; ++n) {
+    const acc_t b = std::max(p.r[2 * n - 2] - x, acc_t(0));
+    const acc_t d = std::max(x - p.r[2 * n - 1], acc_t(0));
+    acc_t bn = b, dn = d;
+    for (int k = 1; k < n; ++k) {
+      bn *= b;
+      dn *= d;
+    }
+    z += p.t[2 * n - 2] * bn + p.t[2 * n - 1] * dn;
+  }
+  return z;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float vectors of W lanes.
+// The lane count follows the widest vector registers the build targets (-march): a vector type wider
+// than the registers is split by the compiler, but values then travel through memory between
+// functions it does not inline, which cost 8x with 64-byte vectors on an SSE2-only build.
+#if defined(__AVX512F__)
+#define MMSERVE_VEC_BYTES 64
+#elif defined(__AVX__)
+#define MMSERVE_VEC_BYTES 32
+#else
+#define MMSERVE_VEC_BYTES 16  // SSE2, NEON, and anything else GCC/Clang vectors map onto
+#endif
+constexpr int W = MMSERVE_VEC_BYTES / 4;
+typedef float vf __attribute__((vector_size(MMSERVE_VEC_BYTES)));
+typedef int32_t vi __attribute__((vector_size(MMSERVE_VEC_BYTES)));
+typedef uint8_t vb __attribute__((vector_size(MMSERVE_VEC_BYTES / 4)));
+
+inline vf splat(float s) { return vf{} + s; }
+inline vf vload(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline float hsum(vf v) {
+  float s = 0.0f;
+  for (int i = 0; i < W; ++i) s += v[i];
+  return s;
+}
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < W; ++i) m = std::max(m, v[i]);
+  return m;
+}
+
+inline vf vexp_nonpos(vf x) {
+  const vf xc = x >= kExpLo ? x : splat(kExpLo);  // -inf and NaN lanes fixed up at the end
+  const vf n = (xc * kLog2e + kRound) - kRound;
+  vf r = xc - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  vf p = splat(kP0);
+  p = p * r + kP1;
+  p = p * r + kP2;
+  p = p * r + kP3;
+  p = p * r + kP4;
+  p = p * r + kP5;
+  p = p * (r * r) + r + 1.0f;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  const vf res = p * reinterpret_cast<const vf&>(bits);
+  const vf low = x != x ? x : splat(0.0f);  // NaN stays NaN, below range (incl. -inf) -> 0
+  return x >= kExpLo ? res : low;
+}
+
+template <int ORDER>
+inline vf vseglu(vf x, const Params<float>& p) {
+  const int order = ORDER >= 0 ? ORDER : p.order;
+  vf z = x;
+  const vf zero = splat(0.0f);
+  for (int n = 1; n <= order; ++n) {
+    const vf b = vmax(p.r[2 * n - 2] - x, zero);
+    const vf d = vmax(x - p.r[2 * n - 1], zero);
+    vf bn = b, dn = d;
+    for (int k = 1; k < n; ++k) {
+      bn *= b;
+      dn *= d;
+    }
+    z += p.t[2 * n - 2] * bn + p.t[2 * n - 1] * dn;
+  }
+  return z;
+}
+
+// How a row's mask reaches the kernel.
+enum class MaskKind { None, BoolContig, AddContig, Buffered };
+
+// ---------------------------------------------------------------------------------------------
+// Forward of one float row: x -> out (may be the same buffer: every loop is elementwise in place).
+// For MaskKind::Buffered `madd` holds the row's additive mask with bool already mapped to -inf/0.
+template <int ORDER, MaskKind MK>
+inline void forward_row_f32(const float* x, float* out, int64_t L,
+                            const Params<float>& p, const uint8_t* __restrict__ mbool,
+                            const float* __restrict__ madd) {
+  vf mv = splat(-kInf);
+  float ms = -kInf;
+  int64_t j = 0;
+  for (; j + W <= L; j += W) {
+    vf z = vseglu<ORDER>(vload(x + j), p);
+    if constexpr (MK == MaskKind::BoolContig) {
+      vb mb;
+      std::memcpy(&mb, mbool + j, sizeof(mb));
+      z = __builtin_convertvector(mb, vi) != 0 ? splat(-kInf) : z;
+    } else if constexpr (MK == MaskKind::AddContig || MK == MaskKind::Buffered) {
+      z += vload(madd + j);
+    }
+    vstore(out + j, z);
+    mv = vmax(mv, z);
+  }
+  for (; j < L; ++j) {
+    float z = seglu<ORDER>(x[j], p);
+    if constexpr (MK == MaskKind::BoolContig) {
+      z = mbool[j] ? -kInf : z;
+    } else if constexpr (MK == MaskKind::AddContig || MK == MaskKind::Buffered) {
+      z += madd[j];
+    }
+    out[j] = z;
+    ms = std::max(ms, z);
+  }
+  const float m = std::max(hmax(mv), ms);
+  if (m == -kInf) {  // fully masked: zeros, never NaN from -inf - -inf
+    std::memset(out, 0, sizeof(float) * L);
+    return;
+  }
+  vf sv = splat(0.0f);
+  float ss = 0.0f;
+  j = 0;
+  for (; j + W <= L; j += W) {
+    const vf e = vexp_nonpos(vload(out + j) - m);
+    vstore(out + j, e);
+    sv += e;
+  }
+  for (; j < L; ++j) {
+    const float e = exp_nonpos(out[j] - m);
+    out[j] = e;
+    ss += e;
+  }
+  const float inv = 1.0f / (hsum(sv) + ss);
+  j = 0;
+  for (; j + W <= L; j += W) vstore(out + j, vload(out + j) * inv);
+  for (; j < L; ++j) out[j] *= inv;
+}
+
+// Forward of one float64 row (plain scalar code: float64 is for checking, not for speed).
+template <int ORDER, MaskKind MK>
+inline void forward_row_f64(const double* __restrict__ x, double* __restrict__ out, int64_t L,
+                            const Params<double>& p, const uint8_t* __restrict__ mbool,
+                            const double* __restrict__ madd) {
+  const double ninf = -std::numeric_limits<double>::infinity();
+  double m = ninf;
+  for (int64_t j = 0; j < L; ++j) {
+    double z = seglu<ORDER>(x[j], p);
+    if constexpr (MK == MaskKind::BoolContig) {
+      z = mbool[j] ? ninf : z;
+    } else if constexpr (MK == MaskKind::AddContig || MK == MaskKind::Buffered) {
+      z += madd[j];
+    }
+    out[j] = z;
+    m = (z != z || m != m) ? std::numeric_limits<double>::quiet_NaN() : std::max(m, z);
+  }
+  if (m == ninf) {
+    std::memset(out, 0, sizeof(double) * L);
+    return;
+  }
+  double sum = 0.0;
+  for (int64_t j = 0; j < L; ++j) {
+    const double e = std::exp(out[j] - m);
+    out[j] = e;
+    sum += e;
+  }
+  const double inv = 1.0 / sum;
+  for (int64_t j = 0; j < L; ++j) out[j] *= inv;
+}
+
+template <int ORDER, MaskKind MK, typename acc_t>
+inline void forward_row(const acc_t* x, acc_t* out, int64_t L, const Params<acc_t>& p, const uint8_t* mbool,
+                        const acc_t* madd) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    forward_row_f32<ORDER, MK>(x, out, L, p, mbool, madd);
+  } else {
+    forward_row_f64<ORDER, MK>(x, out, L, p, mbool, madd);
+  }
+}
+
+// Element offset of row `row` of a mask expanded to x's shape (any strides, zeros included).
+struct RowIndexer {
+  std::vector<int64_t> sizes;    // leading dims of x (all but the last)
+  std::vector<int64_t> strides;  // the mask's strides for those dims
+  int64_t offset(int64_t row) const {
+    int64_t off = 0;
+    for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+      const int64_t i = row % sizes[d];
+      row /= sizes[d];
+      off += i * strides[d];
+    }
+    return off;
+  }
+};
+
+template <typename acc_t>
+Params<acc_t> read_params(const at::Tensor& ranges, const at::Tensor& ts) {
+  TORCH_CHECK(ranges.dim() == 1 && ts.dim() == 1 && ranges.numel() == ts.numel() && ranges.numel() % 2 == 0,
+              "mmserve_cpu: ranges and ts must be 1-D with the same even length");
+  const int64_t n2 = ranges.numel();
+  TORCH_CHECK(n2 <= 2 * kMaxOrder, "mmserve_cpu: order above ", kMaxOrder, " is not supported");
+  Params<acc_t> p{};
+  p.order = static_cast<int>(n2 / 2);
+  const at::Tensor r = ranges.detach().to(at::kCPU, at::kDouble).contiguous();
+  const at::Tensor t = ts.detach().to(at::kCPU, at::kDouble).contiguous();
+  for (int64_t i = 0; i < n2; ++i) {
+    p.r[i] = static_cast<acc_t>(r.const_data_ptr<double>()[i]);
+    p.t[i] = static_cast<acc_t>(t.const_data_ptr<double>()[i]);
+  }
+  return p;
+}
+
+// One row of a mask (any dtype, any last-dim stride) as additive acc_t values.
+template <typename acc_t>
+void gather_mask_row(const at::Tensor& mask, int64_t off, int64_t stride, int64_t L, acc_t* dst) {
+  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  switch (mask.scalar_type()) {
+    case at::kBool: {
+      const bool* b = mask.const_data_ptr<bool>() + off;
+      for (int64_t j = 0; j < L; ++j) dst[j] = b[j * stride] ? ninf : acc_t(0);
+      break;
+    }
+    case at::kFloat: {
+      const float* b = mask.const_data_ptr<float>() + off;
+      for (int64_t j = 0; j < L; ++j) dst[j] = static_cast<acc_t>(b[j * stride]);
+      break;
+    }
+    case at::kDouble: {
+      const double* b = mask.const_data_ptr<double>() + off;
+      for (int64_t j = 0; j < L; ++j) dst[j] = static_cast<acc_t>(b[j * stride]);
+      break;
+    }
+    case at::kHalf: {
+      const c10::Half* b = mask.const_data_ptr<c10::Half>() + off;
+      for (int64_t j = 0; j < L; ++j) dst[j] = static_cast<acc_t>(static_cast<float>(b[j * stride]));
+      break;
+    }
+    case at::kBFloat16: {
+      const c10::BFloat16* b = mask.const_data_ptr<c10::BFloat16>() + off;
+      for (int64_t j = 0; j < L; ++j) dst[j] = static_cast<acc_t>(static_cast<float>(b[j * stride]));
+      break;
+    }
+    default:
+      TORCH_CHECK(false, "mmserve_cpu: mask must be bool or floating point, got ", mask.scalar_type());
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename F>
+void dispatch_order(int order, F&& f) {
+  switch (order) {
+    case 0: f(std::integral_constant<int, 0>{}); break;
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    default: f(std::integral_constant<int, -1>{}); break;
+  }
+}
+
+// Defined in attention_cpu.cpp: whether the BLAS sgemm the fused attention calls is present.
+bool has_blas();
+
+}  // namespace mmserve_cpu
