@@ -38,6 +38,8 @@ def classifier(
     from mmserve.errors import UserError
     from mmserve.training.classifier import ClassifierTrainConfig, train_classifier
 
+    from .validation import options_error
+
     if attention_fn not in ("multimax", "softmax"):
         raise UserError(f"--attention-fn must be multimax or softmax, got {attention_fn!r}")
     try:
@@ -56,12 +58,7 @@ def classifier(
             augment=not no_augment,
         )
     except ValidationError as exc:
-        problems = "; ".join(
-            ("--" + "-".join(map(str, err["loc"])).replace("_", "-") + ": " if err["loc"] else "")
-            + err["msg"].removeprefix("Value error, ")
-            for err in exc.errors()
-        )
-        raise UserError(f"invalid training option: {problems}") from exc
+        raise options_error(exc, "training option") from exc
     result = train_classifier(cfg, out, name=name, compare_to=compare_to, log=typer.echo)
     typer.echo(
         f"wrote {result.directory}: test accuracy {result.test_correct}/{result.test_total} = "

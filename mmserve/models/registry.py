@@ -7,14 +7,14 @@ from typing import Annotated, Any, Union
 from pydantic import Field, TypeAdapter
 from torch import nn
 
+from .seq2seq import MultiMaxTranslator, TranslatorConfig
 from .vit import MultiMaxViT, ViTConfig
 
 __all__ = ["ModelConfig", "build_model", "parse_architecture"]
 
-# The translator family adds itself to this union (see seq2seq.py).
-ModelConfig = ViTConfig
+ModelConfig = Union[ViTConfig, TranslatorConfig]
 
-_BUILDERS: dict[str, type[nn.Module]] = {"vit": MultiMaxViT}
+_BUILDERS: dict[str, type[nn.Module]] = {"vit": MultiMaxViT, "seq2seq": MultiMaxTranslator}
 
 
 def parse_architecture(data: dict[str, Any]) -> ModelConfig:
@@ -22,6 +22,8 @@ def parse_architecture(data: dict[str, Any]) -> ModelConfig:
     family = data.get("family")
     if family == "vit":
         return ViTConfig.model_validate(data)
+    if family == "seq2seq":
+        return TranslatorConfig.model_validate(data)
     raise ValueError(f"unknown model family {family!r} (known: {sorted(_BUILDERS)})")
 
 

@@ -279,7 +279,7 @@ def _train(
 
     loop_started = time.perf_counter()
     model.train()
-    with training_progress() if show_progress else _NullProgress() as progress:
+    with training_progress(enabled=show_progress) as progress:
         task = progress.add_task(f"digits-vit ({cfg.attention_fn})", total=cfg.epochs, status="")
         for epoch in range(cfg.epochs):
             order = torch.randperm(len(y_train), generator=generator)
@@ -343,22 +343,6 @@ def _train(
     comparison = _comparison(compare_to)
     directory = save_model_dir(out_dir, model, config, card=model_card(config, cfg, comparison))
     return TrainResult(Path(directory), accuracy, correct, total, train_time, params)
-
-
-class _NullProgress:
-    """Stands in for the rich progress bar when output is not wanted (tests)."""
-
-    def __enter__(self) -> "_NullProgress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, *args: object, **kwargs: object) -> int:
-        return 0
-
-    def update(self, *args: object, **kwargs: object) -> None:
-        return None
 
 
 # ------------------------------------------------------------------------------------------ the card

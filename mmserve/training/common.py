@@ -56,8 +56,11 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def training_progress(transient: bool = False) -> Progress:
-    """A rich progress bar with step counts, elapsed and remaining time, and a free-text status field."""
+def training_progress(transient: bool = False, enabled: bool = True) -> Progress:
+    """A rich progress bar with step counts, elapsed and remaining time, and a free-text status field.
+
+    `enabled=False` gives the same object drawing nothing, so tests and library callers use one code path.
+    """
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -66,6 +69,7 @@ def training_progress(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
         transient=transient,
+        disable=not enabled,
     )
 
 

@@ -1,0 +1,272 @@
+"""Text <-> ids for the translator, shared by training, parity checks and serving.
+
+- `normalize_source`: the one normalisation every English source goes through (training data too),
+  so "Twenty One Thousand,  three hundred" and num2words' "twenty-one thousand, three hundred" reach
+  the model as the same string.
+- The vocabulary is a BPE model from the `tokenizers` library (saved as tokenizer.json in the model
+  directory), trained on the training split's normalised sources and German targets. Number words are
+  built from a few dozen morphemes ("drei", "hundert", "und", "zwanzig", "tausend"; "seventy", "-",
+  "thousand"), which BPE recovers, so a German number of up to ~70 characters is ~6-12 tokens: far
+  fewer decoder steps than characters (faster training, faster beam search) while every test number
+  is still spelled from pieces seen in training. Pieces carry SentencePiece-style "▁" word starts
+  (Metaspace), so decoding is exact: `decode_ids(encode_target(t)) == t`.
+- Special ids (pad, bos, eos, unk) and the default decoding settings live in config.json["generation"]
+  (`GenerationConfig`); `load_tokenizer(model_dir)` returns both together, which is all `translate`
+  needs besides the stepper.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mmserve.errors import UserError
+
+__all__ = [
+    "TOKENIZER_NAME",
+    "SPECIAL_TOKENS",
+    "GenerationConfig",
+    "TranslationTokenizer",
+    "SourceTextError",
+    "normalize_source",
+    "train_tokenizer",
+    "special_ids",
+    "load_tokenizer",
+    "encode_batch",
+    "encode_target",
+    "decode_ids",
+]
+
+TOKENIZER_NAME = "tokenizer.json"
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
+"""In this order, so their ids are 0, 1, 2, 3."""
+
+
+class SourceTextError(UserError):
+    """A source text the translator cannot take (empty, too long, characters it never saw)."""
+
+
+class GenerationConfig(BaseModel):
+    """config.json["generation"]: special ids, input limits and default decoding settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pad_id: int = Field(ge=0)
+    bos_id: int = Field(ge=0)
+    eos_id: int = Field(ge=0)
+    unk_id: int = Field(ge=0)
+    max_source_tokens: int = Field(ge=2, description="source tokens including the appended EOS")
+    max_length: int = Field(ge=1, description="default most target tokens (EOS included)")
+    max_length_limit: int = Field(ge=1, description="largest max_length the model's positions allow")
+    beam_size: int = Field(4, ge=1)
+    length_penalty: float = Field(
+        0.6, description="GNMT alpha: scores are sum(log p) / ((5 + len) / 6) ** alpha"
+    )
+    max_source_chars: int = Field(
+        1000, ge=1, description="texts longer than this are rejected before tokenising"
+    )
+
+
+# ------------------------------------------------------------------------------------ normalisation
+
+_DASHES = re.compile("[\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d]")
+_TENS = "twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety"
+_UNITS = "one|two|three|four|five|six|seven|eight|nine"
+_TENS_UNITS = re.compile(rf"\b({_TENS})\s+({_UNITS})\b")
+_SPACED_HYPHEN = re.compile(r"\s*-\s*")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_source(text: str) -> str:
+    """Lowercase, unify dashes to "-" with no spaces around them, write compound tens with a hyphen
+    ("twenty one" -> "twenty-one", as num2words does), drop commas and trailing . ! ?, collapse
+    whitespace and trim. Training sources go through this too, so the model only ever sees this form.
+    """
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _DASHES.sub("-", text)
+    text = text.replace(",", " ")
+    text = _SPACES.sub(" ", text).strip()
+    text = text.rstrip(".!?").strip()
+    text = _SPACED_HYPHEN.sub("-", text)
+    text = _TENS_UNITS.sub(r"\1-\2", text)
+    return text
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+
+
+@dataclass
+class TranslationTokenizer:
+    """A `tokenizers.Tokenizer` plus the model's generation settings (special ids, limits, defaults)."""
+
+    tokenizer: "tokenizers.Tokenizer"  # noqa: F821
+    generation: GenerationConfig
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    @property
+    def pad_id(self) -> int:
+        return self.generation.pad_id
+
+    @property
+    def bos_id(self) -> int:
+        return self.generation.bos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.generation.eos_id
+
+    def to_json(self) -> bytes:
+        """tokenizer.json content."""
+        return self.tokenizer.to_str(pretty=True).encode()
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A BPE `tokenizers.Tokenizer` on `texts` (already normalised sources and raw targets).
+
+    Metaspace pre-tokenisation marks word starts with "▁" so decoding restores spaces exactly; the
+    special tokens come first (ids 0..3). Deterministic for the same texts and tokenizers version.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    """{pad_id, bos_id, eos_id, unk_id} of a tokenizers.Tokenizer (error if one is missing)."""
+    ids = {}
+    for key, token in (("pad_id", PAD), ("bos_id", BOS), ("eos_id", EOS), ("unk_id", UNK)):
+        idx = tokenizer.token_to_id(token)
+        if idx is None:
+            raise ValueError(f"tokenizer has no {token} token")
+        ids[key] = idx
+    return ids
+
+
+def load_tokenizer(model_dir_or_file: Path | str) -> TranslationTokenizer:
+    """The tokenizer of a model (or export) directory, with config.json["generation"].
+
+    Given a tokenizer.json file instead, the special ids come from its special tokens and the
+    decoding settings are defaults.
+    """
+    from tokenizers import Tokenizer
+
+    from mmserve.checkpoints import CheckpointError
+
+    path = Path(model_dir_or_file)
+    file = path / TOKENIZER_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise CheckpointError(file, "missing: a translation model needs its tokenizer.json")
+    try:
+        tok = Tokenizer.from_file(str(file))
+        ids = special_ids(tok)
+    except Exception as exc:  # the tokenizers library raises plain Exceptions for malformed files
+        raise CheckpointError(file, f"not a usable tokenizers file: {exc}") from exc
+    if not path.is_dir():
+        generation = GenerationConfig(**ids, max_source_tokens=64, max_length=64, max_length_limit=64)
+        return TranslationTokenizer(tok, generation)
+    config_path = path / "config.json"
+    try:
+        data = json.loads(config_path.read_text())
+        generation = GenerationConfig.model_validate(data.get("generation") or {})
+    except FileNotFoundError as exc:
+        raise CheckpointError(config_path, "missing") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
+        raise CheckpointError(config_path, f"invalid generation settings: {exc}") from exc
+    mismatched = {k: (v, getattr(generation, k)) for k, v in ids.items() if getattr(generation, k) != v}
+    if mismatched:
+        raise CheckpointError(
+            config_path, f"generation ids do not match tokenizer.json's special tokens: {mismatched}"
+        )
+    return TranslationTokenizer(tok, generation)
+
+
+# ----------------------------------------------------------------------------------- text <-> ids
+
+
+def _describe(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def encode_batch(
+    tokenizer: TranslationTokenizer, texts: Sequence[str], max_len: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalise and tokenise sources, append EOS, right-pad: (src_ids [B,S], src_pad_mask [B,S], True = pad).
+
+    Raises SourceTextError (a UserError) naming the text when one is empty, longer than `max_len`
+    tokens (default: the model's max_source_tokens, EOS included), or has characters the vocabulary
+    does not know.
+    """
+    gen = tokenizer.generation
+    max_len = gen.max_source_tokens if max_len is None else max_len
+    if not texts:
+        raise SourceTextError("no texts to translate")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise SourceTextError(f"text {i} is not a string ({type(text).__name__})")
+        if len(text) > gen.max_source_chars:
+            raise SourceTextError(
+                f"text {i} has {len(text)} characters; this model accepts at most {gen.max_source_chars}"
+            )
+    normalised = [normalize_source(t) for t in texts]
+    encodings = tokenizer.tokenizer.encode_batch(normalised, add_special_tokens=False)
+    rows = []
+    for i, (text, norm, enc) in enumerate(zip(texts, normalised, encodings)):
+        ids = list(enc.ids)
+        if not ids:
+            raise SourceTextError(f"text {i} is empty after normalisation ({_describe(text)})")
+        if gen.unk_id in ids:
+            unknown = sorted({norm[a:b].strip() or norm[a:b] for (a, b), idx in zip(enc.offsets, ids)
+                              if idx == gen.unk_id})
+            raise SourceTextError(
+                f"text {i} ({_describe(text)}) has characters this model's vocabulary does not know: "
+                f"{', '.join(map(repr, unknown))} (it translates English number words, e.g. 'forty-two')"
+            )
+        ids.append(gen.eos_id)
+        if len(ids) > max_len:
+            raise SourceTextError(
+                f"text {i} ({_describe(text)}) is {len(ids)} tokens long after normalisation; "
+                f"this model accepts at most {max_len} source tokens (EOS included)"
+            )
+        rows.append(ids)
+    width = max(len(r) for r in rows)
+    src_ids = torch.full((len(rows), width), gen.pad_id, dtype=torch.long)
+    for i, ids in enumerate(rows):
+        src_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in rows])
+    src_pad_mask = torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)
+    return src_ids, src_pad_mask
+
+
+def encode_target(tokenizer: TranslationTokenizer, text: str) -> list[int]:
+    """Target-side ids of a German reference (no normalisation, no BOS/EOS)."""
+    return list(tokenizer.tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def decode_ids(tokenizer: TranslationTokenizer, ids: Sequence[int] | torch.Tensor) -> str:
+    """Text of generated ids: stops at the first EOS, drops pad/bos/unk, joins pieces exactly."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.tolist()
+    gen = tokenizer.generation
+    kept = []
+    for idx in ids:
+        if idx == gen.eos_id:
+            break
+        if idx not in (gen.pad_id, gen.bos_id, gen.unk_id):
+            kept.append(int(idx))
+    return tokenizer.tokenizer.decode(kept, skip_special_tokens=True)
