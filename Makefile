@@ -23,7 +23,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 help:
 	@echo "make serve   - install, export the bundled models to ONNX (once), start the server on $(HOST):$(PORT)"
 	@echo "make test    - install the dev extras and run the test suite"
-	@echo "make bench   - run the CPU benchmarks in benchmarks/"
+	@echo "make bench   - run the CPU benchmarks in benchmarks/ (op, attention, model, onnxruntime, server)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,11 +42,12 @@ install: $(STAMP_DIR)/.mmserve-base
 install-dev: $(STAMP_DIR)/.mmserve-dev
 
 # Builds (or reuses from the cache) the fused CPU kernel so the first request does not pay for it.
+# Without a compiler the op falls back to the PyTorch reference, so a failed build does not stop `serve`.
 kernels: install
-	$(BIN)/mmserve kernels build
+	$(BIN)/mmserve kernels build --allow-failure
 
 test: install-dev
-	$(BIN)/mmserve kernels build
+	$(BIN)/mmserve kernels build --allow-failure
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install-dev
@@ -64,10 +65,13 @@ train-bundled: install-dev
 	$(BIN)/mmserve train classifier --out models/digits-vit
 	$(BIN)/mmserve train translator --out models/numbers-en-de
 
-bench: install-dev
+# Each script prints MultiMax/SoftMax (or server/ceiling) ratios measured side by side in one run.
+bench: install-dev kernels
 	$(PY) benchmarks/bench_op_cpu.py
+	$(PY) benchmarks/bench_attention.py
 	$(PY) benchmarks/bench_model_cpu.py
 	$(PY) benchmarks/bench_onnx_cpu.py
+	$(PY) benchmarks/bench_server.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -27,9 +27,14 @@ _stderr = Console(stderr=True)
 
 
 def _register_commands() -> None:
-    from . import kernels_cmd, train_cmd
+    """Attach every subcommand; each module keeps its heavy imports inside the command body."""
+    from . import export_cmd, import_cmd, kernels_cmd, parity_cmd, serve_cmd, train_cmd
 
+    app.command("serve")(serve_cmd.serve)
+    app.command("export")(export_cmd.export)
+    app.command("parity")(parity_cmd.parity)
     app.add_typer(train_cmd.app, name="train")
+    app.add_typer(import_cmd.app, name="import")
     app.add_typer(kernels_cmd.app, name="kernels")
 
 

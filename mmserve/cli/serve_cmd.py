@@ -1,0 +1,124 @@
+"""`mmserve serve`: run the batched inference server (FastAPI under uvicorn).
+
+Every flag has an `MMSERVE_*` environment variable (flags win); limits and the rest of the knobs are
+environment-only (see server/settings.py). With neither --classifier nor --translator (nor their
+environment variables) it serves the bundled models/digits-vit and models/numbers-en-de.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mmserve.errors import UserError
+
+__all__ = ["serve", "build_settings", "run_server"]
+
+_BUNDLED = {"classifier": "digits-vit", "translator": "numbers-en-de"}
+_HINT = {"classifier": "make train-bundled (or pass --classifier DIR)",
+         "translator": "make train-bundled (or pass --translator DIR)"}
+
+
+def _check_dir(path: Path, what: str, bundled: bool) -> Path:
+    if not path.is_dir() or not (path / "config.json").is_file():
+        problem = "does not exist" if not path.exists() else "is not a model or export directory (no config.json)"
+        hint = f"; create it with {_HINT[what]}" if bundled else ""
+        raise UserError(f"{path}: {what} {problem}{hint}")
+    return path
+
+
+def build_settings(**overrides):
+    """ServerSettings from the environment, with the CLI's explicit values on top and the bundled
+    models as the default when no model was named anywhere."""
+    from pydantic import ValidationError
+
+    from server.settings import ServerSettings, default_model_dir
+
+    given = {k: v for k, v in overrides.items() if v is not None and v != []}
+    env = {k.upper() for k in os.environ}
+    bundled = set()
+    if not any(k in given for k in _BUNDLED) and not env & {"MMSERVE_CLASSIFIER", "MMSERVE_TRANSLATOR"}:
+        for what, name in _BUNDLED.items():
+            given[what] = default_model_dir(name)
+            bundled.add(what)
+    try:
+        settings = ServerSettings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"invalid server settings: {problems}") from None
+    for what in _BUNDLED:
+        path = getattr(settings, what)
+        if path is not None:
+            _check_dir(Path(path), what, what in bundled)
+    import importlib
+
+    from server.backends import available_backends
+
+    for module in settings.plugins:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UserError(f"plugin module {module!r} cannot be imported: {exc}") from None
+    if settings.backend not in available_backends():
+        raise UserError(f"unknown backend {settings.backend!r} (available: {', '.join(available_backends())})")
+    return settings
+
+
+def run_server(settings) -> None:
+    """Serve until SIGINT/SIGTERM; uvicorn drains in-flight requests for up to shutdown_grace_s."""
+    import uvicorn
+
+    from server.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    state = app.state.server
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    state.on_fatal = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if state.status == "failed":
+        raise UserError(f"the server stopped because a model failed to load: {state.error}")
+
+
+def serve(
+    classifier: Optional[Path] = typer.Option(None, help="image classifier: model dir (torch) or ONNX export dir"),
+    translator: Optional[Path] = typer.Option(None, help="translator: model dir (torch) or ONNX export dir"),
+    backend: Optional[str] = typer.Option(None, help="torch | onnxruntime | tensorrt (any registered backend)"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda[:N]"),
+    host: Optional[str] = typer.Option(None, help="bind address [127.0.0.1]"),
+    port: Optional[int] = typer.Option(None, help="port [8000]"),
+    max_batch_size: Optional[int] = typer.Option(None, help="items per model run [32]"),
+    max_queue_delay_ms: Optional[float] = typer.Option(None, help="wait this long to fill a batch [2]"),
+    max_queue_size: Optional[int] = typer.Option(None, help="queued items per model before 503 [1024]"),
+    workers: Optional[int] = typer.Option(None, help="threads decoding uploads / tokenising [2]"),
+    preprocess_processes: Optional[int] = typer.Option(
+        None, help="processes decoding + preprocessing images, to use every core (0 = threads) [0]"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads per model run (0 = backend default) [1]"),
+    max_batch_tokens: Optional[int] = typer.Option(None, help="translator token budget per step [8192]"),
+    onnx_cache_dir: Optional[Path] = typer.Option(None, help="where checkpoints get exported for onnxruntime"),
+    plugin: list[str] = typer.Option([], help="module to import first (may register a backend); repeatable"),
+    cors_origin: list[str] = typer.Option([], help="allow this browser origin (CORS is off by default)"),
+    log_level: Optional[str] = typer.Option(None, help="critical|error|warning|info|debug"),
+    access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log"),
+) -> None:
+    """Serve /classify and /translate with per-model dynamic batching (API key: MMSERVE_API_KEY)."""
+    settings = build_settings(
+        classifier=classifier, translator=translator, backend=backend, device=device, host=host, port=port,
+        max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
+        workers=workers, preprocess_processes=preprocess_processes, intra_op_threads=threads, max_batch_tokens=max_batch_tokens, onnx_cache_dir=onnx_cache_dir,
+        plugins=plugin, cors_origins=cors_origin, log_level=log_level, access_log=access_log,
+    )
+    run_server(settings)

@@ -1,0 +1,76 @@
+"""The PyTorch backend: a model directory (config.json + model.safetensors) run eagerly with
+`torch.inference_mode`. The reference the other backends are compared against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmserve.checkpoints import WEIGHTS_NAME, CheckpointError, load_model_dir
+from mmserve.checkpoints.model_dir import LoadedModel
+
+from .base import BackendInfo, ClassifierBackend, ClassifierOutput, LoadOptions, TranslatorBackend
+
+__all__ = ["load", "TorchClassifier", "TorchTranslator"]
+
+
+def _info(loaded: LoadedModel, device: str) -> BackendInfo:
+    return BackendInfo(
+        backend="torch",
+        device=device,
+        source=loaded.directory,
+        weights_sha256=loaded.weights_sha256,
+        parameters=sum(p.numel() for p in loaded.model.parameters()),
+        extra={"torch_version": torch.__version__, "threads": torch.get_num_threads()},
+    )
+
+
+class _TorchModel:
+    """What both torch backends hold: the loaded directory, its eval-mode model, device and info."""
+
+    def __init__(self, loaded: LoadedModel, device: str) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.config = loaded.config
+        self.device = torch.device(device)
+        self.info = _info(loaded, device)
+
+
+class TorchClassifier(_TorchModel, ClassifierBackend):
+
+    def run(self, pixel_values: np.ndarray, explain: bool = False) -> ClassifierOutput:
+        x = torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32)).to(self.device)
+        with torch.inference_mode():
+            if explain:
+                logits, weights = self.model.forward_with_attention(x)
+                # forward returns the modulated logits seglu(scores); softmax of them IS multimax(scores).
+                probs = torch.softmax(logits.float(), dim=-1)
+                return ClassifierOutput(probs.cpu().numpy(), [w.float().cpu().numpy() for w in weights])
+            probs, _ = self.model.classify(x)
+            return ClassifierOutput(probs.float().cpu().numpy())
+
+
+class TorchTranslator(_TorchModel, TranslatorBackend):
+    def __init__(self, loaded: LoadedModel, device: str) -> None:
+        from mmserve.tasks.translation import load_tokenizer
+
+        super().__init__(loaded, device)
+        self.tokenizer = load_tokenizer(loaded.directory)
+        self.stepper = self.model  # MultiMaxTranslator implements the Seq2SeqStepper protocol itself
+
+
+def load(path: Path, task: str, options: LoadOptions) -> ClassifierBackend | TranslatorBackend:
+    """Load a model directory; refuse an ONNX export dir with a message saying what to pass instead."""
+    if not (path / WEIGHTS_NAME).is_file():
+        raise CheckpointError(path, f"the torch backend needs a model directory with {WEIGHTS_NAME} "
+                                    "(is this an ONNX export? use --backend onnxruntime)")
+    if options.intra_op_threads:
+        torch.set_num_threads(options.intra_op_threads)
+    loaded = load_model_dir(path, options.device)
+    if loaded.config.task != task:
+        raise CheckpointError(path, f"is a {loaded.config.task!r} model, expected {task!r}")
+    if task == "image-classification":
+        return TorchClassifier(loaded, options.device)
+    return TorchTranslator(loaded, options.device)

@@ -1,0 +1,110 @@
+"""/classify behind the HTTP layer: uploads -> validated images -> pixel rows -> dynamic batcher ->
+backend -> predictions. Preprocessing and post-processing are `mmserve.tasks.image_classification`
+with the model's own config, so the server can never disagree with training or parity.
+
+Decoding and preprocessing run before queueing (threads or worker processes, see preprocess.py): a bad
+image is refused with its reason without costing a model slot, and the model worker only sees tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Optional
+
+import numpy as np
+import torch
+
+from mmserve.tasks.image_classification import (
+    ImageLimits,
+    ImagePreprocessing,
+    summarize_attention,
+    top_k_predictions,
+)
+
+from .backends import ClassifierBackend
+from .batching import BatchPolicy, DynamicBatcher
+from .errors import ApiError
+from .metrics import Metrics
+from .preprocess import Preprocessor
+
+__all__ = ["ServedClassifier", "SPARSITY_THRESHOLD"]
+
+SPARSITY_THRESHOLD = 1e-3
+
+
+@dataclass
+class _Row:
+    """What the worker returns per image: the full ranking (sliced to each request's top_k later)."""
+
+    ranking: dict[str, Any]
+    explanation: Optional[dict[str, Any]]
+
+
+class ServedClassifier:
+    """One classifier model: its backend, batcher, preprocessing and limits."""
+
+    task = "image-classification"
+
+    def __init__(self, backend: ClassifierBackend, policy: BatchPolicy, limits: ImageLimits, metrics: Metrics,
+                 preprocess_processes: int = 0, run_in_threads: Optional[Callable[..., Awaitable[Any]]] = None):
+        self.backend = backend
+        self.name = backend.name
+        self.labels: list[str] = list(backend.config.labels or [])
+        if not self.labels:
+            raise ValueError(f"classifier {self.name!r} has no labels in its config.json")
+        self.preprocessing = ImagePreprocessing.model_validate(backend.config.preprocessing)
+        arch = backend.config.model_architecture()
+        self.grid = arch.img_size // arch.patch_size
+        self.image_limits = limits
+        self.preprocess = Preprocessor(self.preprocessing, limits, preprocess_processes, run_in_threads)
+        self.batcher = DynamicBatcher(self.name, self._run_batch, policy, metrics)
+
+    # ------------------------------------------------------------------ worker side (one thread)
+
+    def _run_batch(self, explain: bool, rows: list[np.ndarray]) -> list[_Row]:
+        out = self.backend.run(np.stack(rows), explain=explain)
+        rankings = top_k_predictions(out.probs, self.labels, k=len(self.labels))
+        explanations: list[Optional[dict[str, Any]]] = [None] * len(rows)
+        if explain:
+            if not out.attentions:
+                raise RuntimeError(f"backend {self.backend.info.backend!r} returned no attention weights")
+            summary = summarize_attention([torch.from_numpy(np.asarray(w)) for w in out.attentions],
+                                          SPARSITY_THRESHOLD)
+            rollout = summary.rollout.reshape(len(rows), self.grid, self.grid).tolist()
+            explanations = [
+                {
+                    "grid": [self.grid, self.grid],
+                    "attention": rollout[i],
+                    "sparsity": float(summary.sparsity[i]),
+                    "zero_fraction": float(summary.zero_fraction[i]),
+                    "threshold": SPARSITY_THRESHOLD,
+                }
+                for i in range(len(rows))
+            ]
+        return [_Row(r, e) for r, e in zip(rankings, explanations)]
+
+    # ------------------------------------------------------------------ response
+
+    def check_top_k(self, top_k: int) -> None:
+        if not 1 <= top_k <= len(self.labels):
+            raise ApiError(422, "invalid_request", f"top_k must be between 1 and {len(self.labels)} "
+                                                   f"(the number of labels), got {top_k}")
+
+    async def classify(self, rows: list[np.ndarray], top_k: int, explain: bool, request_id: str) -> list[dict]:
+        results: list[_Row] = await self.batcher.submit(rows, key=bool(explain), request_id=request_id)
+        predictions = []
+        for row in results:
+            ranking = row.ranking
+            prediction = {"label": ranking["label"], "score": ranking["score"], "top_k": ranking["top_k"][:top_k]}
+            if row.explanation is not None:
+                prediction["explanation"] = row.explanation
+            predictions.append(prediction)
+        return predictions
+
+    def close(self) -> None:
+        self.preprocess.close()
+
+    def model_info(self) -> dict[str, Any]:
+        return {"labels": self.labels, "extra": {"patch_grid": [self.grid, self.grid],
+                                                  "preprocessing": self.preprocessing.kind}}
+

@@ -1,0 +1,190 @@
+"""HTTP routes. Each handler: check the caller, read and validate the body (every failure a 4xx with
+its reason), hand items to the model's batcher, and wait - cancelling the queued work if the client
+disconnects or the request times out."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from . import schemas
+from .errors import ApiError
+from .metrics import CONTENT_TYPE_LATEST
+from .security import api_key_dependencies
+from .state import ServerState
+from .transport import cancel_on_disconnect, decode_base64, media_type, parse_json, parse_multipart, read_body, validate
+
+__all__ = ["build_router", "ENDPOINTS"]
+
+ENDPOINTS = {"/classify", "/translate", "/healthz", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json"}
+
+_ERRORS = {code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)}
+_FORM_FIELDS = {"files", "top_k", "explain"}
+_INLINE_CHARS = 2048
+
+
+def _request_id(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id", "")
+
+
+def _require_ready(state: ServerState, served: Any, configured: bool, what: str) -> Any:
+    """The served model, or the reason it cannot take requests now (404 not configured, 503 not yet)."""
+    if not configured:
+        raise ApiError(404, "no_model", f"this server does not serve a {what} model")
+    if state.status == "stopping":
+        raise ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "1"})
+    if state.status == "failed":
+        raise ApiError(503, "not_ready", "the models failed to load; see /readyz and the server log")
+    if served is None or not state.ready:
+        raise ApiError(503, "not_ready", "models are still loading; poll /readyz", headers={"Retry-After": "1"})
+    return served
+
+
+def _form_int(value: Any, name: str) -> int:
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_request", f"{name}: expected a form field, not a file")
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ApiError(422, "invalid_request", f"{name}: expected an integer, got {value[:40]!r}") from None
+
+
+def _form_bool(value: Any, name: str) -> bool:
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ApiError(422, "invalid_request", f"{name}: expected true or false")
+
+
+def build_router(state: ServerState) -> APIRouter:
+    settings = state.settings
+    limits = settings.limits
+    auth = api_key_dependencies(settings.api_key)
+    router = APIRouter()
+
+    # ------------------------------------------------------------------ /classify
+
+    async def _classify_inputs(request: Request, max_images: int) -> tuple[list[bytes], int, bool]:
+        kind = media_type(request)
+        body = await read_body(request, limits.max_body_bytes)
+        if kind == "multipart/form-data":
+            # Generous part limits so a request with a few too many images gets the precise 422 below;
+            # the body-size limit bounds the rest.
+            form = await parse_multipart(request, body, max_files=4 * max_images + 8, max_fields=4 * len(_FORM_FIELDS))
+            unknown = sorted(set(form.keys()) - _FORM_FIELDS)
+            if unknown:
+                raise ApiError(422, "invalid_request", f"unknown form field(s) {unknown}; expected "
+                                                       f"'files' (repeated), 'top_k', 'explain'")
+            repeated = sorted(name for name in ("top_k", "explain") if len(form.getlist(name)) > 1)
+            if repeated:
+                raise ApiError(422, "invalid_request", f"form field(s) {repeated} given more than once")
+            blobs = []
+            for part in form.getlist("files"):
+                if not isinstance(part, UploadFile):
+                    raise ApiError(422, "invalid_request", "files: each part must be a file upload")
+                blobs.append(await part.read())
+            top_k = _form_int(form["top_k"], "top_k") if "top_k" in form else 5
+            explain = _form_bool(form["explain"], "explain") if "explain" in form else False
+            return blobs, top_k, explain
+        if kind == "application/json":
+            req = validate(schemas.ClassifyJSONRequest, parse_json(body))
+            if len(req.images) > max_images:
+                raise ApiError(422, "too_many_items", f"{len(req.images)} images, more than the limit of {max_images}")
+            blobs = [decode_base64(text, i, limits.max_image_bytes) for i, text in enumerate(req.images)]
+            return blobs, req.top_k, req.explain
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type {kind or '(none)'} not accepted: use multipart/form-data or application/json")
+
+    @router.post(
+        "/classify",
+        response_model=schemas.ClassifyResponse,
+        responses=_ERRORS,
+        dependencies=auth,
+        summary="Classify images (batched)",
+        openapi_extra={"requestBody": {"required": True, "content": {}}},  # filled in by app.custom_openapi
+    )
+    async def classify(request: Request) -> Response:
+        served = _require_ready(state, state.classifier, settings.classifier is not None, "image-classification")
+        request_id = _request_id(request)
+        blobs, top_k, explain = await _classify_inputs(request, limits.max_images)
+        if not blobs:
+            raise ApiError(422, "empty_request", "no images: send at least one file in 'files' or one "
+                                                 "base64 string in 'images'")
+        if len(blobs) > limits.max_images:
+            raise ApiError(422, "too_many_items", f"{len(blobs)} images, more than the limit of {limits.max_images}")
+        served.check_top_k(top_k)
+        rows = await served.preprocess(blobs)
+        predictions = await cancel_on_disconnect(
+            request, served.classify(rows, top_k, explain, request_id), settings.request_timeout_s
+        )
+        return JSONResponse({"model": served.name, "predictions": predictions})
+
+    # ------------------------------------------------------------------ /translate
+
+    @router.post(
+        "/translate",
+        response_model=schemas.TranslateResponse,
+        responses=_ERRORS,
+        dependencies=auth,
+        summary="Translate texts (continuous batching)",
+        openapi_extra={"requestBody": {"required": True, "content": {}}},
+    )
+    async def translate(request: Request) -> Response:
+        served = _require_ready(state, state.translator, settings.translator is not None, "translation")
+        request_id = _request_id(request)
+        kind = media_type(request)
+        if kind != "application/json":
+            raise ApiError(415, "unsupported_media_type", f"Content-Type {kind or '(none)'} not accepted: "
+                                                          "use application/json")
+        req = validate(schemas.TranslateRequest, parse_json(await read_body(request, limits.max_body_bytes)))
+        if sum(map(len, req.texts)) <= _INLINE_CHARS:  # tokenising a few short texts costs less than a thread hop
+            jobs = served.prepare(req.texts, req.beam_size, req.max_length)
+        else:
+            jobs = await state.run_in_pool(served.prepare, req.texts, req.beam_size, req.max_length)
+        results = await cancel_on_disconnect(request, served.translate(jobs, request_id), settings.request_timeout_s)
+        return JSONResponse({
+            "model": served.name,
+            "translations": [{"text": text, "score": score} for text, score in results],
+        })
+
+    # ------------------------------------------------------------------ operations
+
+    @router.get("/healthz", response_model=schemas.Health, summary="Liveness: the process answers")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok", "models": state.model_statuses()})
+
+    @router.get("/readyz", response_model=schemas.Health, responses={503: {"model": schemas.Health}},
+                summary="Readiness: every model loaded and warmed up")
+    async def readyz() -> Response:
+        body: dict[str, Any] = {"status": state.status, "models": state.model_statuses()}
+        if state.error:
+            body["error"] = state.error
+        return JSONResponse(body, status_code=200 if state.ready else 503,
+                            headers=None if state.ready else {"Retry-After": "1"})
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+                responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
+    async def metrics() -> Response:
+        for served in state.served():
+            state.metrics.queue_depth.labels(served.name).set(served.batcher.depth)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/v1/models", response_model=schemas.ModelsResponse, responses={401: _ERRORS[401]},
+                dependencies=auth, summary="Served models: backend, device, sha256, batching")
+    async def models() -> Response:
+        return JSONResponse({"models": state.model_info()})
+
+    return router
+
+
+def json_error(status: int, code: str, detail: str, request_id: Optional[str],
+               headers: Optional[dict[str, str]] = None, errors: Optional[list] = None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail, "code": code, "request_id": request_id}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, headers=headers)
