@@ -136,10 +136,16 @@ def make_tiny_translator(directory: Path, seed: int = 0) -> Path:
 
     from mmserve.checkpoints import ModelDirConfig, save_model_dir
     from mmserve.models.seq2seq import MultiMaxTranslator, TranslatorConfig
-    from mmserve.tasks.translation import GenerationConfig, normalize_source, special_ids, train_tokenizer
+    from mmserve.tasks.translation import (
+        GenerationConfig,
+        normalize_source,
+        source_vocabulary,
+        special_ids,
+        train_tokenizer,
+    )
 
-    texts = [normalize_source(num2words(n)) for n in range(0, 3000, 7)]
-    texts += [num2words(n, lang="de") for n in range(0, 3000, 7)]
+    sources = [normalize_source(num2words(n)) for n in range(0, 3000, 7)]
+    texts = sources + [num2words(n, lang="de") for n in range(0, 3000, 7)]
     tokenizer = train_tokenizer(texts, 200)
     ids = special_ids(tokenizer)
     torch.manual_seed(seed)
@@ -150,7 +156,7 @@ def make_tiny_translator(directory: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         model.decoder.embed.embed_tokens.weight[ids["eos_id"]] *= 2.0
     generation = GenerationConfig(**ids, max_source_tokens=32, max_length=24, max_length_limit=60, beam_size=3,
-                                  length_penalty=0.6)
+                                  length_penalty=0.6, source_words=source_vocabulary(sources))
     config = ModelDirConfig(name="tiny-translator", task="translation", architecture=arch.model_dump(),
                             tokenizer="tokenizer.json", generation=generation.model_dump())
     return save_model_dir(directory, model, config, side_files={"tokenizer.json": tokenizer.to_str().encode()})

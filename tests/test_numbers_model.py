@@ -13,7 +13,7 @@ from mmserve.checkpoints import CheckpointError, load_model_dir
 from mmserve.data.numbers import heldout_texts
 from mmserve.models import MultiMaxTranslator
 from mmserve.models.decoding import translate
-from mmserve.tasks.translation import load_tokenizer
+from mmserve.tasks.translation import SourceTextError, encode_batch, load_tokenizer
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "numbers-en-de"
 
@@ -72,6 +72,19 @@ def test_translates_heldout_test_numbers_exactly(bundled) -> None:
     # How a person would type the same numbers reaches the same translation (shared normalisation).
     typed = [s.replace(",", "").replace("-", " ").title() + "." for s in sources[:4]]
     assert [t for t, _ in translate(loaded.model, tok, typed, beam_size=1)] == references[:4]
+
+
+def test_out_of_domain_words_are_refused_not_translated(bundled) -> None:
+    """'hello world' is spelled with letters the BPE vocabulary knows; without the word check the model
+    turned it into a confident-looking German number. Every held-out source passes the check."""
+    loaded, tok = bundled
+    assert "hundred" in tok.generation.source_words and "hello" not in tok.generation.source_words
+    with pytest.raises(SourceTextError, match=r"text 1 .*not trained on: 'hello', 'world'"):
+        encode_batch(tok, ["forty-two", "hello world"])
+    with pytest.raises(SourceTextError, match="'fourty'"):  # a misspelling is refused, not guessed at
+        encode_batch(tok, ["fourty-two"])
+    sources = [s for s, _ in heldout_texts(loaded.config)]
+    assert encode_batch(tok, sources)[0].shape[0] == len(sources)
 
 
 @pytest.mark.slow

@@ -115,6 +115,12 @@ def test_translate_matches_torch(client, torch_models) -> None:
             assert got["score"] == pytest.approx(want[1], abs=1e-3)
 
 
+def test_translate_refuses_words_outside_the_models_domain(client) -> None:
+    r = client.post("/translate", json={"texts": ["forty-two", "hello world"]})
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "invalid_text" and "'hello', 'world'" in r.json()["detail"]
+
+
 def test_concurrent_mixed_requests(server, client, torch_models) -> None:
     _, model, tokenizer = torch_models
     rng = np.random.default_rng(3)

@@ -73,6 +73,12 @@ class GenerationConfig(BaseModel):
     max_source_chars: int = Field(
         1000, ge=1, description="texts longer than this are rejected before tokenising"
     )
+    source_words: Optional[list[str]] = Field(
+        None,
+        description="the words (split at spaces and hyphens, after normalisation) of the training sources; "
+        "when set, a text with any other word is refused: a model of a closed domain (number words) would "
+        "otherwise turn 'hello world' into a confident-looking number instead of saying it cannot",
+    )
 
 
 # ------------------------------------------------------------------------------------ normalisation
@@ -98,6 +104,19 @@ def normalize_source(text: str) -> str:
     text = _SPACED_HYPHEN.sub("-", text)
     text = _TENS_UNITS.sub(r"\1-\2", text)
     return text
+
+
+_WORD_SEPARATORS = re.compile(r"[ -]")
+
+
+def source_words(normalised: str) -> list[str]:
+    """The words of a normalised source: split at spaces and hyphens ("seventy-two" -> seventy, two)."""
+    return [w for w in _WORD_SEPARATORS.split(normalised) if w]
+
+
+def source_vocabulary(normalised_sources: Iterable[str]) -> list[str]:
+    """Sorted distinct words of the training sources, for GenerationConfig.source_words."""
+    return sorted({w for text in normalised_sources for w in source_words(text)})
 
 
 # ------------------------------------------------------------------------------------------ tokenizer
@@ -224,6 +243,15 @@ def encode_batch(
                 f"text {i} has {len(text)} characters; this model accepts at most {gen.max_source_chars}"
             )
     normalised = [normalize_source(t) for t in texts]
+    if gen.source_words is not None:
+        known = frozenset(gen.source_words)
+        for i, (text, norm) in enumerate(zip(texts, normalised)):
+            unknown = sorted({w for w in source_words(norm) if w not in known})
+            if unknown:
+                raise SourceTextError(
+                    f"text {i} ({_describe(text)}) has words this model was not trained on: "
+                    f"{', '.join(map(repr, unknown[:10]))} (it translates English number words, e.g. 'forty-two')"
+                )
     encodings = tokenizer.tokenizer.encode_batch(normalised, add_special_tokens=False)
     rows = []
     for i, (text, norm, enc) in enumerate(zip(texts, normalised, encodings)):

@@ -36,6 +36,7 @@ from mmserve.tasks.translation import (
     encode_batch,
     encode_target,
     normalize_source,
+    source_vocabulary,
     special_ids,
     train_tokenizer,
 )
@@ -269,6 +270,7 @@ def _train(
     provisional = GenerationConfig(
         **ids, max_source_tokens=cfg.max_positions, max_length=cfg.max_positions,
         max_length_limit=cfg.max_positions, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty,
+        source_words=source_vocabulary(train_sources),
     )
     tokenizer = TranslationTokenizer(tok, provisional)
     train = encode_pairs(tokenizer, splits.train)
