@@ -47,6 +47,8 @@ constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2Hi = 0.693359375f;
 constexpr float kLn2Lo = -2.12194440e-4f;
 constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+constexpr float kQ1 = 0.999999701f, kQ2 = 0.499991506f, kQ3 = 0.166676521f, kQ4 = 0.0418978221f,
+                kQ5 = 0.00828929059f;
 constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f,
                 kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
 
@@ -130,13 +132,14 @@ inline vf vexp_nonpos(vf x) {
   const vf n = (xc * kLog2e + kRound) - kRound;
   vf r = xc - n * kLn2Hi;
   r = r - n * kLn2Lo;
-  vf p = splat(kP0);
-  p = p * r + kP1;
-  p = p * r + kP2;
-  p = p * r + kP3;
-  p = p * r + kP4;
-  p = p * r + kP5;
-  p = p * (r * r) + r + 1.0f;
+  // Degree-5 minimax polynomial (the coefficients of ATen's Vectorized<float>::exp_u20, which
+  // torch.softmax uses): ~3 ops fewer than the degree-6 scalar one, within the tests' 2e-6.
+  vf p = splat(kQ5);
+  p = p * r + kQ4;
+  p = p * r + kQ3;
+  p = p * r + kQ2;
+  p = p * r + kQ1;
+  p = p * r + 1.0f;
   const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
   const vf res = p * reinterpret_cast<const vf&>(bits);
   const vf low = x != x ? x : splat(0.0f);  // NaN stays NaN, below range (incl. -inf) -> 0
