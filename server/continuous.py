@@ -185,17 +185,20 @@ class ContinuousBatcher(BatchQueue):
         return admitted
 
     def _join_threshold(self) -> int:
-        """Free rows needed before queued sentences join a running decode: a quarter of the batch, or
-        all that is waiting when that is less (light load joins at once). Each join is an encoder call
-        plus a copy of every cache; measured at saturation, joining a handful of rows at every step
-        spent ~40% of the worker's time in joins. No starvation: running sentences all end within
-        their max_length, so free rows always reach the threshold."""
-        quarter = max(1, self.policy.max_batch_size // 4)
+        """Free rows needed before queued sentences join a running decode: half the batch, or all that
+        is waiting when that is less (light load joins at once). Each join is an encoder call, a
+        cross-attention call and a copy of every cache, and with small models onnxruntime's per-call
+        cost dominates, so fewer, larger joins win: at saturation on the bundled translator (2 cores,
+        `benchmarks/bench_server.py --only translate`) half the batch gave 784-801 sentences/s against
+        672-720 for a quarter, and joining a handful of rows at every step spent ~40% of the worker's
+        time in joins. No starvation: running sentences all end within their max_length, so free rows
+        always reach the threshold."""
+        half = max(1, self.policy.max_batch_size // 2)
         waiting = 0
         for item in self._queue:
             waiting += item.payload.rows
-            if waiting >= quarter:
-                return quarter
+            if waiting >= half:
+                return half
         return waiting
 
     # ------------------------------------------------------------------ joining
