@@ -98,15 +98,11 @@ def export_graph(model: torch.nn.Module, arch: ViTConfig, path: Path) -> None:
 
 def _shift_modulator(tape, x, order):
     """seglu(x) minus a constant (see the docstring); only valid inside a Softmax."""
-    import onnx_ir as ir
-
-    from exporters.onnx.functions import scalar
+    from exporters.onnx.functions import attribute_params, scalar
 
     if order == 0:
         return x
-    floats = ir.AttributeType.FLOATS
-    ranges = tape.op("CastLike", [tape.op("Constant", [], attributes={"value_floats": ir.RefAttr("value_floats", "ranges", floats)}), x])
-    ts = tape.op("CastLike", [tape.op("Constant", [], attributes={"value_floats": ir.RefAttr("value_floats", "ts", floats)}), x])
+    ranges, ts = attribute_params(tape, x)
     one = tape.op("CastLike", [tape.op("Constant", [], attributes={"value_float": 1.0}), x])
     t_b1 = scalar(tape, ts, 0)
     z = tape.op("Mul", [x, tape.op("Sub", [one, t_b1])])
@@ -124,15 +120,11 @@ def _shift_modulator(tape, x, order):
 
 def _sum_modulator(tape, x, order):
     """The reference terms, accumulated with one variadic Sum (x + term1 + term2 + ...)."""
-    import onnx_ir as ir
-
-    from exporters.onnx.functions import scalar
+    from exporters.onnx.functions import attribute_params, scalar
 
     if order == 0:
         return x
-    floats = ir.AttributeType.FLOATS
-    ranges = tape.op("CastLike", [tape.op("Constant", [], attributes={"value_floats": ir.RefAttr("value_floats", "ranges", floats)}), x])
-    ts = tape.op("CastLike", [tape.op("Constant", [], attributes={"value_floats": ir.RefAttr("value_floats", "ts", floats)}), x])
+    ranges, ts = attribute_params(tape, x)
     terms = [x]
     for n in range(1, order + 1):
         below = tape.op("Relu", [tape.op("Sub", [scalar(tape, ranges, 2 * n - 2), x])])
@@ -147,15 +139,11 @@ def _sum_modulator(tape, x, order):
 
 def _pow_modulator(tape, x, order):
     """The reference terms with Pow for the powers (as a naive torch -> ONNX decomposition has them)."""
-    import onnx_ir as ir
-
-    from exporters.onnx.functions import scalar
+    from exporters.onnx.functions import attribute_params, scalar
 
     if order == 0:
         return x
-    floats = ir.AttributeType.FLOATS
-    ranges = tape.op("CastLike", [tape.op("Constant", [], attributes={"value_floats": ir.RefAttr("value_floats", "ranges", floats)}), x])
-    ts = tape.op("CastLike", [tape.op("Constant", [], attributes={"value_floats": ir.RefAttr("value_floats", "ts", floats)}), x])
+    ranges, ts = attribute_params(tape, x)
     z = x
     for n in range(1, order + 1):
         below = tape.op("Relu", [tape.op("Sub", [scalar(tape, ranges, 2 * n - 2), x])])

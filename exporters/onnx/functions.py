@@ -28,7 +28,7 @@ from onnx_ir.tape import Tape
 
 from .op import DOMAIN, MASKED_OVERLOAD, OP_TYPE
 
-__all__ = ["reference_modulator", "build_multimax_function", "multimax_functions", "attach_functions", "remove_functions", "scalar"]
+__all__ = ["attribute_params", "reference_modulator", "build_multimax_function", "multimax_functions", "attach_functions", "remove_functions", "scalar"]
 
 _FLOATS = ir.AttributeType.FLOATS
 _INT = ir.AttributeType.INT
@@ -40,12 +40,18 @@ def scalar(tape: Tape, vector: ir.Value, index: int) -> ir.Value:
     return tape.op("Gather", [vector, idx], attributes={"axis": 0})
 
 
+def attribute_params(tape: Tape, x: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """The function's `ranges` and `ts` attributes as tensors of x's dtype (every modulator body starts so)."""
+    ranges = tape.op("CastLike", [tape.op("Constant", [], attributes={"value_floats": ir.RefAttr("value_floats", "ranges", _FLOATS)}), x])
+    ts = tape.op("CastLike", [tape.op("Constant", [], attributes={"value_floats": ir.RefAttr("value_floats", "ts", _FLOATS)}), x])
+    return ranges, ts
+
+
 def reference_modulator(tape: Tape, x: ir.Value, order: int) -> ir.Value:
     """seglu(x), one term at a time in the order of `mmserve.ops.reference.seglu_reference`."""
     if order == 0:
         return x
-    ranges = tape.op("CastLike", [tape.op("Constant", [], attributes={"value_floats": ir.RefAttr("value_floats", "ranges", _FLOATS)}), x])
-    ts = tape.op("CastLike", [tape.op("Constant", [], attributes={"value_floats": ir.RefAttr("value_floats", "ts", _FLOATS)}), x])
+    ranges, ts = attribute_params(tape, x)
     z = x
     for n in range(1, order + 1):
         below = tape.op("Relu", [tape.op("Sub", [scalar(tape, ranges, 2 * n - 2), x])])

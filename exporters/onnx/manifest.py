@@ -16,12 +16,12 @@ versions, and every file still matches its hash.
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mmserve.checkpoints import CheckpointError, verify_manifest, write_manifest
-from mmserve.checkpoints.manifest import read_manifest
+from mmserve.checkpoints import CheckpointError, write_manifest
+from mmserve.checkpoints.manifest import read_manifest, verify_format_manifest
+from mmserve.versions import package_versions
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "exporter_versions", "write_export_manifest", "is_current", "read_export_manifest"]
 
@@ -32,13 +32,7 @@ _TOOLS = ("mmserve", "torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime")
 
 def exporter_versions() -> dict[str, str]:
     """Installed versions of the packages that shape the exported bytes."""
-    versions = {}
-    for name in _TOOLS:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return package_versions(_TOOLS)
 
 
 def write_export_manifest(directory: Path, extra: dict[str, Any]) -> dict[str, Any]:
@@ -47,14 +41,8 @@ def write_export_manifest(directory: Path, extra: dict[str, Any]) -> dict[str, A
 
 def read_export_manifest(directory: Path | str) -> dict[str, Any]:
     """The verified manifest of an export directory (every file's sha256 checked)."""
-    manifest = verify_manifest(Path(directory))
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(
-            Path(directory) / "manifest.json",
-            f"is not an mmserve ONNX export (format {manifest.get('format')!r}); export one with "
-            "`mmserve export MODEL_DIR --format onnx --out DIR`",
-        )
-    return manifest
+    return verify_format_manifest(Path(directory), FORMAT, "mmserve ONNX export",
+                                  "export one with `mmserve export MODEL_DIR --format onnx --out DIR`")
 
 
 def is_current(out_dir: Path, source: dict[str, Any], options: dict[str, Any]) -> tuple[bool, str]:

@@ -22,15 +22,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import onnx
 
 from mmserve.checkpoints import CONFIG_NAME, CheckpointError, read_config, write_manifest
-from mmserve.checkpoints.manifest import verify_manifest
+from mmserve.checkpoints.manifest import verify_format_manifest, verify_manifest
 from mmserve.errors import UserError
+from mmserve.versions import package_versions
 from plugins.tensorrt.availability import import_tensorrt, require_cuda
 
 from .builder import build_engine, gpu_description, to_fp16
@@ -133,13 +133,7 @@ def default_dim_ranges(
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for name in ("mmserve", "torch", "triton", "onnx", "onnxconverter-common", "tensorrt"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return package_versions(("mmserve", "torch", "triton", "onnx", "onnxconverter-common", "tensorrt"))
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
@@ -308,14 +302,8 @@ def export_for_cli(
 
 def read_tensorrt_manifest(directory: Path | str) -> dict[str, Any]:
     """The verified manifest of a TensorRT export directory (every file's sha256 checked)."""
-    manifest = verify_manifest(Path(directory))
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(
-            Path(directory) / "manifest.json",
-            f"is not an mmserve TensorRT export (format {manifest.get('format')!r}); build one with "
-            "`mmserve export MODEL_DIR --format tensorrt --out DIR`",
-        )
-    return manifest
+    return verify_format_manifest(Path(directory), FORMAT, "mmserve TensorRT export",
+                                  "build one with `mmserve export MODEL_DIR --format tensorrt --out DIR`")
 
 
 def available_precisions(manifest: dict[str, Any]) -> Sequence[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import CheckpointError
 
-__all__ = ["MANIFEST_NAME", "sha256_file", "write_manifest", "read_manifest", "verify_manifest"]
+__all__ = ["MANIFEST_NAME", "sha256_file", "write_manifest", "read_manifest", "verify_manifest", "verify_format_manifest"]
 
 MANIFEST_NAME = "manifest.json"
 _CHUNK = 1 << 20
@@ -73,4 +73,19 @@ def verify_manifest(directory: Path) -> dict[str, Any]:
                 path, f"sha256 mismatch (manifest says {expected[:12]}…, file is {actual[:12]}…): "
                 "the file is corrupt or was modified after the manifest was written"
             )
+    return manifest
+
+
+def verify_format_manifest(directory: Path, expected_format: str, what: str, remedy: str) -> dict[str, Any]:
+    """verify_manifest, then refuse a directory of another kind: export directories (ONNX, TensorRT)
+    share the manifest mechanism and differ only in their `format` field.
+
+    `what` names the expected kind ("mmserve ONNX export"), `remedy` says how to make one.
+    """
+    manifest = verify_manifest(directory)
+    if manifest.get("format") != expected_format:
+        raise CheckpointError(
+            Path(directory) / MANIFEST_NAME,
+            f"is not an {what} (format {manifest.get('format')!r}); {remedy}",
+        )
     return manifest

@@ -25,6 +25,8 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from mmserve.versions import package_version
+
 __all__ = [
     "DATASET_NAME",
     "SMALL_NUMBERS",
@@ -151,18 +153,9 @@ def dataset_config(seed: int, dev_size: int, test_size: int, train_size: int) ->
         "train_size": train_size,
         "small_numbers_in_train": SMALL_NUMBERS,
         "test_numbers_sha256": numbers_sha256(test),
-        "num2words_version": getattr(num2words, "__version__", _dist_version("num2words")),
+        "num2words_version": getattr(num2words, "__version__", package_version("num2words", missing="unknown")),
         "numpy_version": np.__version__,
     }
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def split_from_config(dataset: dict[str, Any], with_train: bool = False) -> NumberSplits:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Any, Union
 
-from pydantic import Field, TypeAdapter
 from torch import nn
 
 from .seq2seq import MultiMaxTranslator, TranslatorConfig
@@ -14,19 +13,21 @@ __all__ = ["ModelConfig", "build_model", "parse_architecture"]
 
 ModelConfig = Union[ViTConfig, TranslatorConfig]
 
-_BUILDERS: dict[str, type[nn.Module]] = {"vit": MultiMaxViT, "seq2seq": MultiMaxTranslator}
+# family -> (config class, module class): one table serves parsing and building.
+_FAMILIES: dict[str, tuple[type[ModelConfig], type[nn.Module]]] = {
+    "vit": (ViTConfig, MultiMaxViT),
+    "seq2seq": (TranslatorConfig, MultiMaxTranslator),
+}
 
 
 def parse_architecture(data: dict[str, Any]) -> ModelConfig:
     """Validate an `architecture` dict from config.json into the family's config class."""
     family = data.get("family")
-    if family == "vit":
-        return ViTConfig.model_validate(data)
-    if family == "seq2seq":
-        return TranslatorConfig.model_validate(data)
-    raise ValueError(f"unknown model family {family!r} (known: {sorted(_BUILDERS)})")
+    if not isinstance(family, str) or family not in _FAMILIES:
+        raise ValueError(f"unknown model family {family!r} (known: {sorted(_FAMILIES)})")
+    return _FAMILIES[family][0].model_validate(data)
 
 
 def build_model(config: ModelConfig) -> nn.Module:
     """Instantiate the nn.Module for an architecture config (weights freshly initialised)."""
-    return _BUILDERS[config.family](config)
+    return _FAMILIES[config.family][1](config)

@@ -21,6 +21,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -79,6 +80,11 @@ class GenerationConfig(BaseModel):
         "when set, a text with any other word is refused: a model of a closed domain (number words) would "
         "otherwise turn 'hello world' into a confident-looking number instead of saying it cannot",
     )
+
+    @cached_property
+    def known_source_words(self) -> Optional[frozenset[str]]:
+        """`source_words` as a set, built once per model rather than once per request."""
+        return None if self.source_words is None else frozenset(self.source_words)
 
 
 # ------------------------------------------------------------------------------------ normalisation
@@ -243,8 +249,8 @@ def encode_batch(
                 f"text {i} has {len(text)} characters; this model accepts at most {gen.max_source_chars}"
             )
     normalised = [normalize_source(t) for t in texts]
-    if gen.source_words is not None:
-        known = frozenset(gen.source_words)
+    known = gen.known_source_words
+    if known is not None:
         for i, (text, norm) in enumerate(zip(texts, normalised)):
             unknown = sorted({w for w in source_words(norm) if w not in known})
             if unknown:

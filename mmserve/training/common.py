@@ -24,7 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["seed_everything", "configure_threads", "warmup_cosine", "training_progress", "invoked_command"]
+__all__ = ["seed_everything", "configure_threads", "cosine_to_floor", "warmup_cosine", "training_progress", "invoked_command"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -44,14 +44,18 @@ def configure_threads(threads: Optional[int]) -> int:
     return count
 
 
+def cosine_to_floor(progress: float, floor: float) -> float:
+    """Cosine decay from 1 to `floor` as `progress` goes from 0 to 1 (clamped at 1)."""
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, floor: float = 0.02):
     """Linear warm-up then cosine decay to `floor` x the base learning rate."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cosine_to_floor((step - warmup_steps) / max(1, total_steps - warmup_steps), floor)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -14,7 +14,6 @@ which guarantees the time but not bit-identical reruns.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +39,9 @@ from mmserve.tasks.translation import (
     special_ids,
     train_tokenizer,
 )
+from mmserve.versions import package_version
 
-from .common import configure_threads, invoked_command, seed_everything, training_progress
+from .common import configure_threads, cosine_to_floor, invoked_command, seed_everything, training_progress
 
 __all__ = [
     "TranslatorTrainConfig",
@@ -233,8 +233,7 @@ def _lr_factor(progress: float, warmup: float, floor: float) -> float:
     """Linear warm-up over the first `warmup` fraction, then cosine decay to `floor`."""
     if progress < warmup:
         return max(progress / warmup, 1e-3)
-    rest = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * rest))
+    return cosine_to_floor((progress - warmup) / max(1e-9, 1.0 - warmup), floor)
 
 
 def train_translator(
@@ -399,7 +398,7 @@ def _train(
         "threads": threads,
         "params": params,
         "torch_version": torch.__version__,
-        "sacrebleu_version": _version("sacrebleu"),
+        "sacrebleu_version": package_version("sacrebleu"),
         "sample_errors_greedy": errors[:10],
     }
     import tokenizers
@@ -424,12 +423,6 @@ def _train(
         card=model_card(config, cfg, tokenizer, splits.test, greedy["hypotheses"]),
     )
     return TranslatorTrainResult(Path(directory), metrics)
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
 
 
 # ------------------------------------------------------------------------------------------ the card

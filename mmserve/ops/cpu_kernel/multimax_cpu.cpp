@@ -182,17 +182,22 @@ inline void order_pass_f32(const float* __restrict__ x, const float* __restrict_
   acc_out[3] += static_cast<double>(hsum(a3) + s3);
 }
 
+// sum_j a[j] * b[j] of one float row (the softmax part of the backward: s = sum g*y).
+inline float dot_f32(const float* __restrict__ a, const float* __restrict__ b, int64_t L) {
+  vf sv = splat(0.0f);
+  float ss = 0.0f;
+  int64_t j = 0;
+  for (; j + W <= L; j += W) sv += vload(a + j) * vload(b + j);
+  for (; j < L; ++j) ss += a[j] * b[j];
+  return hsum(sv) + ss;
+}
+
 // float rows: g, y, x -> dx; `dz` is a scratch row.
 inline void backward_row_f32(const float* __restrict__ g, const float* __restrict__ y, const float* __restrict__ x,
                              float* __restrict__ dx, float* __restrict__ dz, int64_t L, const Params<float>& p,
                              double* __restrict__ acc_out) {
-  vf sv = splat(0.0f);
-  float ss = 0.0f;
+  const float s = dot_f32(g, y, L);
   int64_t j = 0;
-  for (; j + W <= L; j += W) sv += vload(g + j) * vload(y + j);
-  for (; j < L; ++j) ss += g[j] * y[j];
-  const float s = hsum(sv) + ss;
-  j = 0;
   for (; j + W <= L; j += W) {
     const vf d = vload(y + j) * (vload(g + j) - s);
     vstore(dz + j, d);
@@ -223,12 +228,7 @@ inline void backward_row_f32_fused(const float* __restrict__ g, const float* __r
                                    const float* __restrict__ x, float* __restrict__ dx, int64_t L,
                                    const Params<float>& p, double* __restrict__ acc_out) {
   constexpr int kSums = ORDER > 0 ? 4 * ORDER : 1;
-  vf sv = splat(0.0f);
-  float ss = 0.0f;
-  int64_t j = 0;
-  for (; j + W <= L; j += W) sv += vload(g + j) * vload(y + j);
-  for (; j < L; ++j) ss += g[j] * y[j];
-  const float s = hsum(sv) + ss;
+  const float s = dot_f32(g, y, L);
   const vf zero = splat(0.0f);
   vf acc[kSums];
   float tail[kSums];
@@ -236,7 +236,7 @@ inline void backward_row_f32_fused(const float* __restrict__ g, const float* __r
     acc[i] = zero;
     tail[i] = 0.0f;
   }
-  j = 0;
+  int64_t j = 0;
   for (; j + W <= L; j += W) {
     const vf xv = vload(x + j);
     const vf dz = vload(y + j) * (vload(g + j) - s);
