@@ -36,6 +36,7 @@ from typing import Any, Optional
 import torch
 
 from mmserve.models.decoding import length_penalty
+from mmserve.tasks.translation import pad_sources
 
 from .batching import BatchPolicy, BatchQueue, Item
 from .metrics import Metrics
@@ -206,12 +207,7 @@ class ContinuousBatcher(BatchQueue):
     def _join(self, items: list[Item]) -> None:
         """Encode newcomers (sorted by length, one padded batch) and append their rows."""
         items = sorted(items, key=lambda i: len(i.payload.src))
-        width = max(len(i.payload.src) for i in items)
-        src = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        for n, item in enumerate(items):
-            src[n, : len(item.payload.src)] = torch.tensor(item.payload.src, dtype=torch.long)
-        lengths = torch.tensor([len(i.payload.src) for i in items])
-        src_pad = torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)
+        src, src_pad = pad_sources([i.payload.src for i in items], self.pad_id)
         src, src_pad = src.to(self.device), src_pad.to(self.device)
         expand = torch.repeat_interleave(torch.arange(len(items)), torch.tensor([i.payload.rows for i in items]))
         expand = expand.to(self.device)

@@ -8,7 +8,7 @@ import math
 import sys
 from typing import Any, Optional, Sequence
 
-from mmserve.tasks.translation import SourceTextError, decode_ids, encode_batch
+from mmserve.tasks.translation import SourceTextError, decode_ids, encode_sources
 
 from .backends import TranslatorBackend
 from .batching import BatchPolicy
@@ -71,11 +71,10 @@ class ServedTranslator:
                 raise ApiError(422, "text_too_long",
                                f"texts[{i}] has {len(text)} characters, more than the limit of {self.max_chars}")
         try:
-            src_ids, src_pad = encode_batch(self.tokenizer, list(texts), self.max_source_tokens)
+            sources = encode_sources(self.tokenizer, list(texts), self.max_source_tokens)
         except SourceTextError as exc:
             raise ApiError(422, "invalid_text", str(exc)) from None
-        lengths = (~src_pad).sum(dim=1).tolist()
-        return [TranslationJob(tuple(row[:n]), beam, length) for row, n in zip(src_ids.tolist(), lengths)]
+        return [TranslationJob(tuple(ids), beam, length) for ids in sources]
 
     async def translate(self, jobs: list[TranslationJob], request_id: str) -> list[tuple[str, float]]:
         results = await self.batcher.submit(jobs, request_id=request_id)

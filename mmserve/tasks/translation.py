@@ -41,6 +41,9 @@ __all__ = [
     "special_ids",
     "load_tokenizer",
     "encode_batch",
+    "encode_sources",
+    "pad_sources",
+    "source_vocabulary",
     "encode_target",
     "decode_ids",
 ]
@@ -233,9 +236,20 @@ def encode_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalise and tokenise sources, append EOS, right-pad: (src_ids [B,S], src_pad_mask [B,S], True = pad).
 
+    Raises SourceTextError as `encode_sources` does.
+    """
+    return pad_sources(encode_sources(tokenizer, texts, max_len), tokenizer.generation.pad_id)
+
+
+def encode_sources(
+    tokenizer: TranslationTokenizer, texts: Sequence[str], max_len: Optional[int] = None
+) -> list[list[int]]:
+    """Normalise and tokenise sources and append EOS: one id list per text, unpadded (what the
+    server's continuous batcher queues; it pads when sentences join a decode).
+
     Raises SourceTextError (a UserError) naming the text when one is empty, longer than `max_len`
-    tokens (default: the model's max_source_tokens, EOS included), or has characters the vocabulary
-    does not know.
+    tokens (default: the model's max_source_tokens, EOS included), or has characters or words the
+    model does not know.
     """
     gen = tokenizer.generation
     max_len = gen.max_source_tokens if max_len is None else max_len
@@ -278,8 +292,13 @@ def encode_batch(
                 f"this model accepts at most {max_len} source tokens (EOS included)"
             )
         rows.append(ids)
+    return rows
+
+
+def pad_sources(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists into (src_ids [B,S], src_pad_mask [B,S], True = pad)."""
     width = max(len(r) for r in rows)
-    src_ids = torch.full((len(rows), width), gen.pad_id, dtype=torch.long)
+    src_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     for i, ids in enumerate(rows):
         src_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     lengths = torch.tensor([len(r) for r in rows])
