@@ -147,14 +147,20 @@ def test_backward_matches_reference(ops, dtype, order, length):
     g = torch.randn(37, length, dtype=torch.float64).to(dtype)
     dx, dr, dt = ops.multimax_backward(g, y, x, ranges, ts)
     rdx, rdr, rdt = multimax_backward_reference(g.double(), y.double(), x.double(), ranges.double(), ts.double(), -1)
-    # float32 tolerance: the float32 *reference* is off by up to ~5e-5 (relative to the largest term)
-    # at orders 3-5, the kernel by the same amount
     tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
     assert dx.dtype == dtype and dr.dtype == ranges.dtype and dt.dtype == ts.dtype
-    # float32 rounding of terms as large as the biggest one (high orders make seglu' large)
-    for got, want in ((dx, rdx), (dr, rdr), (dt, rdt)):
+    # float32: at orders 3-5 the sums cancel terms as large as 5 d^4 (d up to ~6), so the same
+    # formula evaluated by PyTorch in float32 is itself off by ~1e-4; the kernel may be off by up to
+    # twice what that float32 reference is, and never more than tol relative to the largest value.
+    ref32 = (None,) * 3
+    if dtype == torch.float32:
+        ref32 = multimax_backward_reference(g, y, x, ranges, ts, -1)
+    for got, want, want32 in zip((dx, dr, dt), (rdx, rdr, rdt), ref32):
         scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
-        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * scale)
+        atol = tol * scale
+        if want32 is not None and want.numel():
+            atol = max(atol, 2 * (want32.double() - want).abs().max().item())
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=atol)
 
 
 def test_backward_deterministic_across_thread_counts(ops):
@@ -223,6 +229,58 @@ def test_falls_back_to_reference_without_a_compiler(tmp_path):
     cpu = json.loads(out.stdout.strip().splitlines()[-1])
     assert cpu[0]["name"] == "cpp" and cpu[0]["loaded"] is False
     assert "compiler" in cpu[0]["error"]
+
+
+_NARROW_VECTOR_CHECK = """
+import torch
+from mmserve.ops.cpu_kernel import build
+from mmserve.ops.backward import multimax_backward_reference
+from mmserve.ops.reference import multimax_reference
+info = build()
+assert any(f.startswith("-march=") for f in info.cflags), info.cflags
+ops = torch.ops.mmserve_cpu
+g = torch.Generator().manual_seed(3)
+for order in (0, 1, 2, 3, 5):
+    r = torch.randn(2 * order, generator=g) * 0.5
+    t = torch.randn(2 * order, generator=g) * 0.5
+    for length in (1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 197):
+        x = torch.randn(6, length, generator=g) * 2
+        masks = {"none": None, "bool": torch.rand(6, length, generator=g) > 0.6,
+                 "additive": torch.randn(6, length, generator=g),
+                 "expanded bool": (torch.rand(1, length, generator=g) > 0.5).expand(6, length)}
+        for name, mask in masks.items():
+            got = ops.multimax_forward(x, r, t, mask).double()
+            want = multimax_reference(x.double(), r.double(), t.double(), mask=mask)
+            err = (got - want).abs().max().item()
+            assert err < 2e-6, (order, length, name, err)
+        if order > 3:  # order 5 runs the per-order passes, which have no vector tail step
+            continue
+        y = ops.multimax_forward(x, r, t, None)
+        gy = torch.randn(6, length, generator=g)
+        got = ops.multimax_backward(gy, y, x, r, t)
+        want = multimax_backward_reference(gy.double(), y.double(), x.double(), r.double(), t.double(), -1)
+        for a, b in zip(got, want):
+            err = (a.double() - b).abs().max().item() if b.numel() else 0.0
+            assert err < 1e-4 * max(1.0, b.abs().max().item() if b.numel() else 1.0), (order, length, err)
+x = torch.randn(2, 21)
+x[0, 20] = float("nan")
+y = ops.multimax_forward(x, r, t, None)
+assert torch.isnan(y[0]).all() and torch.isfinite(y[1]).all()
+print("ok")
+"""
+
+
+@pytest.mark.slow  # compiles the kernel again (~20 s per target)
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])  # AVX2 (8 lanes), SSE2 (4 lanes)
+def test_narrower_vector_builds_match_reference(ops, tmp_path, march):
+    """Machines without AVX-512 get 8- or 4-lane vectors and the portable tail code; check those
+    builds too (row lengths around every lane count, masks, NaN rows, the backward)."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"-march={march} targets x86-64; this machine is {platform.machine()}")
+    out = _run(_NARROW_VECTOR_CHECK, MMSERVE_CPU_KERNEL_MARCH=march, MMSERVE_KERNEL_CACHE=str(tmp_path))
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
 def test_cli_build_reports_location(ops):

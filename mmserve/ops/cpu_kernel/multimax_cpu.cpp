@@ -1,7 +1,8 @@
 // Fused MultiMax for CPU tensors: y = softmax(seglu(x) [+ mask]) along the last, contiguous axis.
 //
 // One row at a time, each row staying in L1/L2 while it is worked on:
-//   pass 1: z = seglu(x) (+ mask), stored in the output row (or a float row buffer), running max;
+//   pass 1: z = seglu(x) (+ mask), stored in the output row (or a float row buffer), running max
+//           (z up to a per-row constant, which the softmax cancels: see vseglu_shifted);
 //   pass 2: e = exp(z - max), stored in place, running sum;
 //   pass 3: y = e / sum (converted to the output dtype).
 // Rows are split across threads with at::parallel_for (PyTorch's own OpenMP runtime: the loader links
@@ -9,7 +10,9 @@
 //
 // Vectorisation is explicit, with GCC/Clang vector extensions as wide as the target's registers
 // (16 float lanes with AVX-512, 8 with AVX2, 4 with SSE2/NEON): the auto-vectoriser handled the
-// multi-accumulator reductions of the backward poorly (stack round trips). exp is a Cephes-style
+// multi-accumulator reductions of the backward poorly (stack round trips). A row's last L % W
+// elements take one masked vector step (AVX-512 masked loads/stores; a small buffer on narrower
+// targets), not a scalar loop. exp is a Cephes-style
 // polynomial with 2^n scaling (no libm call, so it vectorises). float16/bfloat16 rows are converted
 // to float per row; float64 runs a plain scalar path.
 //
@@ -185,11 +188,10 @@ inline void order_pass_f32(const float* __restrict__ x, const float* __restrict_
 // sum_j a[j] * b[j] of one float row (the softmax part of the backward: s = sum g*y).
 inline float dot_f32(const float* __restrict__ a, const float* __restrict__ b, int64_t L) {
   vf sv = splat(0.0f);
-  float ss = 0.0f;
   int64_t j = 0;
   for (; j + W <= L; j += W) sv += vload(a + j) * vload(b + j);
-  for (; j < L; ++j) ss += a[j] * b[j];
-  return hsum(sv) + ss;
+  if (j < L) sv += vload_tail(a + j, L - j, 0.0f) * vload_tail(b + j, L - j, 0.0f);
+  return hsum(sv);
 }
 
 // float rows: g, y, x -> dx; `dz` is a scratch row.
@@ -222,7 +224,8 @@ inline void backward_row_f32(const float* __restrict__ g, const float* __restric
 
 // Single-pass variant for compile-time orders 0..4 (what models use): after s = sum g*y, one sweep
 // reads g, y, x once, keeps the 4N sums in vector registers and writes dx. Measured ~2x faster than
-// the per-order passes above, which remain for run-time orders.
+// the per-order passes above, which remain for run-time orders. The row's last L % W elements take
+// one masked vector step: their padding lanes have g = y = 0, so dz = 0 and they add nothing.
 template <int ORDER>
 inline void backward_row_f32_fused(const float* __restrict__ g, const float* __restrict__ y,
                                    const float* __restrict__ x, float* __restrict__ dx, int64_t L,
@@ -231,15 +234,9 @@ inline void backward_row_f32_fused(const float* __restrict__ g, const float* __r
   const float s = dot_f32(g, y, L);
   const vf zero = splat(0.0f);
   vf acc[kSums];
-  float tail[kSums];
-  for (int i = 0; i < kSums; ++i) {
-    acc[i] = zero;
-    tail[i] = 0.0f;
-  }
-  int64_t j = 0;
-  for (; j + W <= L; j += W) {
-    const vf xv = vload(x + j);
-    const vf dz = vload(y + j) * (vload(g + j) - s);
+  for (int i = 0; i < kSums; ++i) acc[i] = zero;
+  auto step = [&](vf xv, vf yv, vf gv) {
+    const vf dz = yv * (gv - s);
     vf slope = splat(1.0f);
 #pragma GCC unroll 4
     for (int n = 1; n <= ORDER; ++n) {
@@ -251,23 +248,15 @@ inline void backward_row_f32_fused(const float* __restrict__ g, const float* __r
       acc[4 * (n - 1) + 3] += dz * o.ds;
       slope += p.t[2 * n - 1] * o.ds - p.t[2 * n - 2] * o.bs;
     }
-    vstore(dx + j, dz * slope);
+    return dz * slope;
+  };
+  int64_t j = 0;
+  for (; j + W <= L; j += W) vstore(dx + j, step(vload(x + j), vload(y + j), vload(g + j)));
+  if (j < L) {
+    const int64_t n = L - j;
+    vstore_tail(dx + j, step(vload_tail(x + j, n, 0.0f), vload_tail(y + j, n, 0.0f), vload_tail(g + j, n, 0.0f)), n);
   }
-  for (; j < L; ++j) {
-    const float dz = y[j] * (g[j] - s);
-    float slope = 1.0f;
-    for (int n = 1; n <= ORDER; ++n) {
-      const OrderTerms<float> o = order_terms<0, float, float>(
-          std::max(p.r[2 * n - 2] - x[j], 0.0f), std::max(x[j] - p.r[2 * n - 1], 0.0f), n, 1.0f, 0.0f);
-      tail[4 * (n - 1) + 0] += dz * o.bn;
-      tail[4 * (n - 1) + 1] += dz * o.dn;
-      tail[4 * (n - 1) + 2] += dz * o.bs;
-      tail[4 * (n - 1) + 3] += dz * o.ds;
-      slope += p.t[2 * n - 1] * o.ds - p.t[2 * n - 2] * o.bs;
-    }
-    dx[j] = dz * slope;
-  }
-  for (int i = 0; i < 4 * ORDER; ++i) acc_out[i] += static_cast<double>(hsum(acc[i]) + tail[i]);
+  for (int i = 0; i < 4 * ORDER; ++i) acc_out[i] += static_cast<double>(hsum(acc[i]));
 }
 
 // float64 rows: plain scalar code.

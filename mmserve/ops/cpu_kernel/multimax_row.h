@@ -11,6 +11,10 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -38,10 +42,9 @@ struct Params {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Scalar float math (row tails, and the reference for the vector versions).
-// exp(x) for x <= 0 (softmax only evaluates exp(z - max)): x = n ln2 + r, |r| <= ln2/2, exp(r) by a
-// degree-6 polynomial (~1 ulp), 2^n by writing the exponent bits. Below ln(FLT_MIN), including the
-// -inf of masked entries, the result is exactly 0; NaN stays NaN.
+// Constants of the vector exp (vexp_nonpos below): exp(x) for x <= 0 (softmax only evaluates
+// exp(z - max)) as x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-5 polynomial, 2^n by writing the
+// exponent bits. Below ln(FLT_MIN), including the -inf of masked entries, the result is exactly 0.
 constexpr float kExpLo = -87.3365447505f;  // ln(FLT_MIN): 2^n stays a normal number above it
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2Hi = 0.693359375f;
@@ -49,31 +52,9 @@ constexpr float kLn2Lo = -2.12194440e-4f;
 constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
 constexpr float kQ1 = 0.999999701f, kQ2 = 0.499991506f, kQ3 = 0.166676521f, kQ4 = 0.0418978221f,
                 kQ5 = 0.00828929059f;
-constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f,
-                kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
 
-inline float exp_nonpos(float x) {
-  if (x != x) return x;
-  if (!(x >= kExpLo)) return 0.0f;
-  const float n = (x * kLog2e + kRound) - kRound;
-  float r = x - n * kLn2Hi;
-  r = r - n * kLn2Lo;
-  float p = kP0;
-  p = p * r + kP1;
-  p = p * r + kP2;
-  p = p * r + kP3;
-  p = p * r + kP4;
-  p = p * r + kP5;
-  p = p * (r * r) + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-inline double exp_nonpos(double x) { return std::exp(x); }
-
-// seglu for one element. ORDER >= 0: compile-time order (unrolled); ORDER == -1: run-time order.
+// seglu for one scalar (the float64 path, which is for checking, not for speed).
+// ORDER >= 0: compile-time order (unrolled); ORDER == -1: run-time order.
 template <int ORDER, typename acc_t>
 inline acc_t seglu(acc_t x, const Params<acc_t>& p) {
   const int order = ORDER >= 0 ? ORDER : p.order;
@@ -116,6 +97,10 @@ inline vf vload(const float* p) {
 }
 inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+#if defined(__AVX512F__)
+inline float hsum(vf v) { return _mm512_reduce_add_ps(v); }
+inline float hmax(vf v) { return _mm512_reduce_max_ps(v); }
+#else
 inline float hsum(vf v) {
   float s = 0.0f;
   for (int i = 0; i < W; ++i) s += v[i];
@@ -126,9 +111,40 @@ inline float hmax(vf v) {
   for (int i = 1; i < W; ++i) m = std::max(m, v[i]);
   return m;
 }
+#endif
+
+// The last n (< W) floats of a row as one vector, the other lanes set to `fill`; and the store back
+// of those n lanes. Rows of ViT attention are 197 long: with 16 lanes, 5 elements were left to a
+// scalar loop (scalar exp included), a quarter of the row's time; one masked vector step replaces it.
+#if defined(__AVX512F__)
+inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+inline vf vload_tail(const float* p, int64_t n, float fill) {
+  return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), tail_mask(n), p);
+}
+inline void vstore_tail(float* p, vf v, int64_t n) { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+#else
+inline vf vload_tail(const float* p, int64_t n, float fill) {
+  float buf[W];
+  for (int i = 0; i < W; ++i) buf[i] = i < n ? p[i] : fill;
+  return vload(buf);
+}
+inline void vstore_tail(float* p, vf v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) p[i] = v[i];
+}
+#endif
+// Lanes at or past n replaced by `fill` (bool masks and lane bookkeeping of a tail step).
+inline vf keep_lanes(vf v, int64_t n, float fill) {
+  vi lane;
+  for (int i = 0; i < W; ++i) lane[i] = i;
+  return lane < static_cast<int32_t>(n) ? v : splat(fill);
+}
 
 inline vf vexp_nonpos(vf x) {
-  const vf xc = x >= kExpLo ? x : splat(kExpLo);  // -inf and NaN lanes fixed up at the end
+  // Clamp from below with one max whose NaN operand wins (x86 max returns its second operand when
+  // either is NaN), so a NaN input stays NaN through the polynomial; -inf and tiny inputs become 0
+  // by the final select.
+  const vf lo = splat(kExpLo);
+  const vf xc = lo > x ? lo : x;
   const vf n = (xc * kLog2e + kRound) - kRound;
   vf r = xc - n * kLn2Hi;
   r = r - n * kLn2Lo;
@@ -142,24 +158,62 @@ inline vf vexp_nonpos(vf x) {
   p = p * r + 1.0f;
   const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
   const vf res = p * reinterpret_cast<const vf&>(bits);
-  const vf low = x != x ? x : splat(0.0f);  // NaN stays NaN, below range (incl. -inf) -> 0
-  return x >= kExpLo ? res : low;
+  return x < lo ? splat(0.0f) : res;  // NaN compares false: stays NaN
+}
+
+// seglu(x) minus a constant, for the softmax that follows (softmax(z + c) == softmax(z)): the
+// constant parts of the order-1 and order-2 terms are dropped so that each term costs one min/max
+// and one or two FMAs instead of sub, max, mul and FMA:
+//   t0 max(r0 - x, 0)   = -t0 min(x, r0)            + t0 r0
+//   t1 max(x - r1, 0)   =  t1 max(x, r1)            - t1 r1
+//   t2 max(r2 - x, 0)^2 =  u (t2 u - 2 t2 r2)       + t2 r2^2,   u = min(x, r2)
+//   t3 max(x - r3, 0)^2 =  v (t3 v - 2 t3 r3)       + t3 r3^2,   v = max(x, r3)
+// The rounding error this adds to z is about eps * |t r^2|, negligible next to eps * |z| for the
+// parameters models learn (|r| of order 1). Orders 3+ keep the direct form.
+struct ShiftedParams {
+  float neg_t[2 * kMaxOrder];  // -t0 / t1 for order 1, t2 / t3 for order 2, t for higher orders
+  float lin[2 * kMaxOrder];    // order 2: -2 t r; unused otherwise
+};
+
+inline ShiftedParams shift_params(const Params<float>& p) {
+  ShiftedParams s{};
+  for (int n = 1; n <= p.order; ++n) {
+    const int b = 2 * n - 2, d = 2 * n - 1;
+    s.neg_t[b] = n == 1 ? -p.t[b] : p.t[b];
+    s.neg_t[d] = p.t[d];
+    s.lin[b] = -2.0f * p.t[b] * p.r[b];
+    s.lin[d] = -2.0f * p.t[d] * p.r[d];
+  }
+  return s;
 }
 
 template <int ORDER>
-inline vf vseglu(vf x, const Params<float>& p) {
+inline vf vseglu_shifted(vf x, const Params<float>& p, const ShiftedParams& s) {
   const int order = ORDER >= 0 ? ORDER : p.order;
   vf z = x;
   const vf zero = splat(0.0f);
   for (int n = 1; n <= order; ++n) {
-    const vf b = vmax(p.r[2 * n - 2] - x, zero);
-    const vf d = vmax(x - p.r[2 * n - 1], zero);
-    vf bn = b, dn = d;
-    for (int k = 1; k < n; ++k) {
-      bn *= b;
-      dn *= d;
+    const int ib = 2 * n - 2, id = 2 * n - 1;
+    if (n == 1) {
+      const vf lo = splat(p.r[ib]), hi = splat(p.r[id]);
+      z += s.neg_t[ib] * (x < lo ? x : lo);
+      z += s.neg_t[id] * (x > hi ? x : hi);
+    } else if (n == 2) {
+      const vf lo = splat(p.r[ib]), hi = splat(p.r[id]);
+      const vf u = x < lo ? x : lo;
+      const vf v = x > hi ? x : hi;
+      z += u * (s.neg_t[ib] * u + s.lin[ib]);
+      z += v * (s.neg_t[id] * v + s.lin[id]);
+    } else {
+      const vf b = vmax(p.r[ib] - x, zero);
+      const vf d = vmax(x - p.r[id], zero);
+      vf bn = b, dn = d;
+      for (int k = 1; k < n; ++k) {
+        bn *= b;
+        dn *= d;
+      }
+      z += p.t[ib] * bn + p.t[id] * dn;
     }
-    z += p.t[2 * n - 2] * bn + p.t[2 * n - 1] * dn;
   }
   return z;
 }
@@ -170,57 +224,58 @@ enum class MaskKind { None, BoolContig, AddContig, Buffered };
 // ---------------------------------------------------------------------------------------------
 // Forward of one float row: x -> out (may be the same buffer: every loop is elementwise in place).
 // For MaskKind::Buffered `madd` holds the row's additive mask with bool already mapped to -inf/0.
+// z is seglu(x) up to a per-row constant (vseglu_shifted), which the softmax cancels. A row's last
+// L % W elements take one masked vector step.
+template <MaskKind MK>
+inline vf apply_mask(vf z, int64_t j, int64_t n, const uint8_t* __restrict__ mbool,
+                     const float* __restrict__ madd) {
+  if constexpr (MK == MaskKind::BoolContig) {
+    vb mb{};
+    std::memcpy(&mb, mbool + j, static_cast<size_t>(n));
+    return __builtin_convertvector(mb, vi) != 0 ? splat(-kInf) : z;
+  } else if constexpr (MK == MaskKind::AddContig || MK == MaskKind::Buffered) {
+    return z + (n == W ? vload(madd + j) : vload_tail(madd + j, n, 0.0f));
+  } else {
+    return z;
+  }
+}
+
 template <int ORDER, MaskKind MK>
 inline void forward_row_f32(const float* x, float* out, int64_t L,
                             const Params<float>& p, const uint8_t* __restrict__ mbool,
                             const float* __restrict__ madd) {
+  const ShiftedParams sp = shift_params(p);
+  const int64_t full = L - L % W, rest = L - full;
   vf mv = splat(-kInf);
-  float ms = -kInf;
-  int64_t j = 0;
-  for (; j + W <= L; j += W) {
-    vf z = vseglu<ORDER>(vload(x + j), p);
-    if constexpr (MK == MaskKind::BoolContig) {
-      vb mb;
-      std::memcpy(&mb, mbool + j, sizeof(mb));
-      z = __builtin_convertvector(mb, vi) != 0 ? splat(-kInf) : z;
-    } else if constexpr (MK == MaskKind::AddContig || MK == MaskKind::Buffered) {
-      z += vload(madd + j);
-    }
+  for (int64_t j = 0; j < full; j += W) {
+    const vf z = apply_mask<MK>(vseglu_shifted<ORDER>(vload(x + j), p, sp), j, W, mbool, madd);
     vstore(out + j, z);
     mv = vmax(mv, z);
   }
-  for (; j < L; ++j) {
-    float z = seglu<ORDER>(x[j], p);
-    if constexpr (MK == MaskKind::BoolContig) {
-      z = mbool[j] ? -kInf : z;
-    } else if constexpr (MK == MaskKind::AddContig || MK == MaskKind::Buffered) {
-      z += madd[j];
-    }
-    out[j] = z;
-    ms = std::max(ms, z);
+  if (rest) {
+    vf z = apply_mask<MK>(vseglu_shifted<ORDER>(vload_tail(x + full, rest, 0.0f), p, sp), full, rest, mbool, madd);
+    vstore_tail(out + full, z, rest);
+    mv = vmax(mv, keep_lanes(z, rest, -kInf));
   }
-  const float m = std::max(hmax(mv), ms);
+  const float m = hmax(mv);
   if (m == -kInf) {  // fully masked: zeros, never NaN from -inf - -inf
     std::memset(out, 0, sizeof(float) * L);
     return;
   }
   vf sv = splat(0.0f);
-  float ss = 0.0f;
-  j = 0;
-  for (; j + W <= L; j += W) {
+  for (int64_t j = 0; j < full; j += W) {
     const vf e = vexp_nonpos(vload(out + j) - m);
     vstore(out + j, e);
     sv += e;
   }
-  for (; j < L; ++j) {
-    const float e = exp_nonpos(out[j] - m);
-    out[j] = e;
-    ss += e;
+  if (rest) {
+    const vf e = vexp_nonpos(vload_tail(out + full, rest, -kInf) - m);  // fill lanes: exp(-inf) = 0
+    vstore_tail(out + full, e, rest);
+    sv += e;
   }
-  const float inv = 1.0f / (hsum(sv) + ss);
-  j = 0;
-  for (; j + W <= L; j += W) vstore(out + j, vload(out + j) * inv);
-  for (; j < L; ++j) out[j] *= inv;
+  const float inv = 1.0f / hsum(sv);
+  for (int64_t j = 0; j < full; j += W) vstore(out + j, vload(out + j) * inv);
+  if (rest) vstore_tail(out + full, vload_tail(out + full, rest, 0.0f) * inv, rest);
 }
 
 // Forward of one float64 row (plain scalar code: float64 is for checking, not for speed).
