@@ -38,6 +38,7 @@ template <typename acc_t>
 struct Params {
   acc_t r[2 * kMaxOrder];
   acc_t t[2 * kMaxOrder];
+  acc_t minus_2tr[2 * kMaxOrder];  // -2 t r: linear coefficient of an expanded square (vseglu_shifted)
   int order;
 };
 
@@ -170,25 +171,8 @@ inline vf vexp_nonpos(vf x) {
 //   t3 max(x - r3, 0)^2 =  v (t3 v - 2 t3 r3)       + t3 r3^2,   v = max(x, r3)
 // The rounding error this adds to z is about eps * |t r^2|, negligible next to eps * |z| for the
 // parameters models learn (|r| of order 1). Orders 3+ keep the direct form.
-struct ShiftedParams {
-  float neg_t[2 * kMaxOrder];  // -t0 / t1 for order 1, t2 / t3 for order 2, t for higher orders
-  float lin[2 * kMaxOrder];    // order 2: -2 t r; unused otherwise
-};
-
-inline ShiftedParams shift_params(const Params<float>& p) {
-  ShiftedParams s{};
-  for (int n = 1; n <= p.order; ++n) {
-    const int b = 2 * n - 2, d = 2 * n - 1;
-    s.neg_t[b] = n == 1 ? -p.t[b] : p.t[b];
-    s.neg_t[d] = p.t[d];
-    s.lin[b] = -2.0f * p.t[b] * p.r[b];
-    s.lin[d] = -2.0f * p.t[d] * p.r[d];
-  }
-  return s;
-}
-
 template <int ORDER>
-inline vf vseglu_shifted(vf x, const Params<float>& p, const ShiftedParams& s) {
+inline vf vseglu_shifted(vf x, const Params<float>& p) {
   const int order = ORDER >= 0 ? ORDER : p.order;
   vf z = x;
   const vf zero = splat(0.0f);
@@ -196,14 +180,14 @@ inline vf vseglu_shifted(vf x, const Params<float>& p, const ShiftedParams& s) {
     const int ib = 2 * n - 2, id = 2 * n - 1;
     if (n == 1) {
       const vf lo = splat(p.r[ib]), hi = splat(p.r[id]);
-      z += s.neg_t[ib] * (x < lo ? x : lo);
-      z += s.neg_t[id] * (x > hi ? x : hi);
+      z -= p.t[ib] * (x < lo ? x : lo);
+      z += p.t[id] * (x > hi ? x : hi);
     } else if (n == 2) {
       const vf lo = splat(p.r[ib]), hi = splat(p.r[id]);
       const vf u = x < lo ? x : lo;
       const vf v = x > hi ? x : hi;
-      z += u * (s.neg_t[ib] * u + s.lin[ib]);
-      z += v * (s.neg_t[id] * v + s.lin[id]);
+      z += u * (p.t[ib] * u + p.minus_2tr[ib]);
+      z += v * (p.t[id] * v + p.minus_2tr[id]);
     } else {
       const vf b = vmax(p.r[ib] - x, zero);
       const vf d = vmax(x - p.r[id], zero);
@@ -244,16 +228,15 @@ template <int ORDER, MaskKind MK>
 inline void forward_row_f32(const float* x, float* out, int64_t L,
                             const Params<float>& p, const uint8_t* __restrict__ mbool,
                             const float* __restrict__ madd) {
-  const ShiftedParams sp = shift_params(p);
   const int64_t full = L - L % W, rest = L - full;
   vf mv = splat(-kInf);
   for (int64_t j = 0; j < full; j += W) {
-    const vf z = apply_mask<MK>(vseglu_shifted<ORDER>(vload(x + j), p, sp), j, W, mbool, madd);
+    const vf z = apply_mask<MK>(vseglu_shifted<ORDER>(vload(x + j), p), j, W, mbool, madd);
     vstore(out + j, z);
     mv = vmax(mv, z);
   }
   if (rest) {
-    vf z = apply_mask<MK>(vseglu_shifted<ORDER>(vload_tail(x + full, rest, 0.0f), p, sp), full, rest, mbool, madd);
+    vf z = apply_mask<MK>(vseglu_shifted<ORDER>(vload_tail(x + full, rest, 0.0f), p), full, rest, mbool, madd);
     vstore_tail(out + full, z, rest);
     mv = vmax(mv, keep_lanes(z, rest, -kInf));
   }
@@ -347,6 +330,7 @@ Params<acc_t> read_params(const at::Tensor& ranges, const at::Tensor& ts) {
   for (int64_t i = 0; i < n2; ++i) {
     p.r[i] = static_cast<acc_t>(r.const_data_ptr<double>()[i]);
     p.t[i] = static_cast<acc_t>(t.const_data_ptr<double>()[i]);
+    p.minus_2tr[i] = static_cast<acc_t>(-2.0 * t.const_data_ptr<double>()[i] * r.const_data_ptr<double>()[i]);
   }
   return p;
 }
