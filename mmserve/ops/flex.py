@@ -30,6 +30,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .reference import seglu_terms
+
 __all__ = ["multimax_score_mod", "multimax_flex_attention", "flex_available"]
 
 
@@ -47,15 +49,7 @@ def multimax_score_mod(ranges: torch.Tensor, ts: torch.Tensor) -> Callable:
     order = ranges.numel() // 2
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        z = score
-        for n in range(1, order + 1):
-            below = torch.relu(ranges[2 * n - 2] - score)
-            above = torch.relu(score - ranges[2 * n - 1])
-            if n > 1:
-                below = below**n
-                above = above**n
-            z = z + ts[2 * n - 2] * below + ts[2 * n - 1] * above
-        return z
+        return seglu_terms(score, ranges, ts, order)
 
     return score_mod
 

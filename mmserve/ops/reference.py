@@ -13,6 +13,7 @@ __all__ = [
     "compute_dtype",
     "check_params",
     "seglu_reference",
+    "seglu_terms",
     "apply_mask",
     "masked_softmax",
     "multimax_reference",
@@ -46,8 +47,12 @@ def seglu_reference(x: torch.Tensor, ranges: torch.Tensor, ts: torch.Tensor) -> 
     order = check_params(ranges, ts)
     dtype = compute_dtype(x.dtype)
     x = x.to(dtype)
-    ranges = ranges.to(device=x.device, dtype=dtype)
-    ts = ts.to(device=x.device, dtype=dtype)
+    return seglu_terms(x, ranges.to(device=x.device, dtype=dtype), ts.to(device=x.device, dtype=dtype), order)
+
+
+def seglu_terms(x: torch.Tensor, ranges: torch.Tensor, ts: torch.Tensor, order: int) -> torch.Tensor:
+    """The modulator's formula on tensors as given (no checks, no casts): shared by `seglu_reference`
+    and the flex_attention `score_mod`, which applies it to one traced score at a time."""
     out = x
     for n in range(1, order + 1):
         below = torch.relu(ranges[2 * n - 2] - x)
