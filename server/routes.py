@@ -69,13 +69,18 @@ def build_router(state: ServerState) -> APIRouter:
 
     # ------------------------------------------------------------------ /classify
 
-    async def _classify_inputs(request: Request, max_images: int) -> tuple[list[bytes], int, bool]:
+    def _check_image_count(count: int) -> None:
+        """Before any image is read or decoded: a request over the limit costs nothing more."""
+        if count > limits.max_images:
+            raise ApiError(422, "too_many_items", f"{count} images, more than the limit of {limits.max_images}")
+
+    async def _classify_inputs(request: Request) -> tuple[list[bytes], int, bool]:
         kind = media_type(request)
         body = await read_body(request, limits.max_body_bytes)
         if kind == "multipart/form-data":
             # Generous part limits so a request with a few too many images gets the precise 422 below;
             # the body-size limit bounds the rest.
-            form = await parse_multipart(request, body, max_files=4 * max_images + 8, max_fields=4 * len(_FORM_FIELDS))
+            form = await parse_multipart(request, body, max_files=4 * limits.max_images + 8, max_fields=4 * len(_FORM_FIELDS))
             unknown = sorted(set(form.keys()) - _FORM_FIELDS)
             if unknown:
                 raise ApiError(422, "invalid_request", f"unknown form field(s) {unknown}; expected "
@@ -83,6 +88,7 @@ def build_router(state: ServerState) -> APIRouter:
             repeated = sorted(name for name in ("top_k", "explain") if len(form.getlist(name)) > 1)
             if repeated:
                 raise ApiError(422, "invalid_request", f"form field(s) {repeated} given more than once")
+            _check_image_count(len(form.getlist("files")))
             blobs = []
             for part in form.getlist("files"):
                 if not isinstance(part, UploadFile):
@@ -93,8 +99,7 @@ def build_router(state: ServerState) -> APIRouter:
             return blobs, top_k, explain
         if kind == "application/json":
             req = validate(schemas.ClassifyJSONRequest, parse_json(body))
-            if len(req.images) > max_images:
-                raise ApiError(422, "too_many_items", f"{len(req.images)} images, more than the limit of {max_images}")
+            _check_image_count(len(req.images))
             blobs = [decode_base64(text, i, limits.max_image_bytes) for i, text in enumerate(req.images)]
             return blobs, req.top_k, req.explain
         raise ApiError(415, "unsupported_media_type",
@@ -111,12 +116,10 @@ def build_router(state: ServerState) -> APIRouter:
     async def classify(request: Request) -> Response:
         served = _require_ready(state, state.classifier, settings.classifier is not None, "image-classification")
         request_id = _request_id(request)
-        blobs, top_k, explain = await _classify_inputs(request, limits.max_images)
+        blobs, top_k, explain = await _classify_inputs(request)
         if not blobs:
             raise ApiError(422, "empty_request", "no images: send at least one file in 'files' or one "
                                                  "base64 string in 'images'")
-        if len(blobs) > limits.max_images:
-            raise ApiError(422, "too_many_items", f"{len(blobs)} images, more than the limit of {limits.max_images}")
         served.check_top_k(top_k)
         rows = await served.preprocess(blobs)
         predictions = await cancel_on_disconnect(
