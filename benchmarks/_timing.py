@@ -8,6 +8,7 @@ slow phase of the machine hits both sides of a ratio).
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -17,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["machine_info", "Timing", "compare", "print_comparison", "cuda_sync"]
+__all__ = ["machine_info", "Timing", "compare", "print_comparison", "cuda_sync", "torch_cpu_parser", "apply_threads"]
 
 
 def _cpu_model() -> str:
@@ -42,6 +43,22 @@ def machine_info() -> str:
         f"torch {torch.__version__} | python {platform.python_version()} | "
         f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}{gpu}"
     )
+
+
+def torch_cpu_parser(doc: str, reps: int, warmup: int) -> argparse.ArgumentParser:
+    """The options every torch CPU benchmark takes (--reps, --warmup, --threads); `doc` is the
+    script's docstring, whose first paragraph becomes the description."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=reps)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    return parser
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """torch.set_num_threads(--threads) when given, before anything is timed."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
 
 def cuda_sync() -> None:

@@ -16,7 +16,6 @@ inference_mode; forward+backward (training: eager path vs SDPA) for the ViT conf
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import compare, machine_info, print_comparison  # noqa: E402
+from _timing import compare, machine_info, print_comparison, apply_threads, torch_cpu_parser  # noqa: E402
 
 
 def vit_qkv(B=8, T=196, H=6, D=64):
@@ -44,14 +43,10 @@ def softmax_explicit(q, k, v, mask=None, is_causal=False):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
+    parser = torch_cpu_parser(__doc__, reps=20, warmup=3)
     parser.add_argument("--no-flex", action="store_true", help="skip torch.compile(flex_attention) (slow to compile)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     from mmserve.ops import multimax_attention
     from mmserve.ops.cpu_kernel import build, fused_attention_available

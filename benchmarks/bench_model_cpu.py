@@ -15,7 +15,6 @@ architecture with attention_fn/output_fn "softmax", random weights: only speed i
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import compare, machine_info, print_comparison  # noqa: E402
+from _timing import compare, machine_info, print_comparison, apply_threads, torch_cpu_parser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,16 +60,12 @@ def bench_pair(title, make_multimax, make_softmax, x, reps, warmup, include_refe
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
+    parser = torch_cpu_parser(__doc__, reps=15, warmup=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--digits-batch", type=int, default=256)
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference-kernel candidate")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     from mmserve.models import ViTConfig
     from mmserve.models.vit import VIT_PRESETS, MultiMaxViT

@@ -14,7 +14,6 @@ Target (issue "Fused MultiMax kernels"): fused forward <= 1.3x torch.softmax on 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,21 +21,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import compare, machine_info, print_comparison  # noqa: E402
+from _timing import compare, machine_info, print_comparison, apply_threads, torch_cpu_parser  # noqa: E402
 
 SHAPES = {"attn": (32, 6, 197, 197), "vocab": (64, 32000)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser = torch_cpu_parser(__doc__, reps=20, warmup=3)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
     parser.add_argument("--shapes", default="attn,vocab", help=f"comma list of {sorted(SHAPES)}")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     from mmserve.ops import multimax, multimax_reference
     from mmserve.ops.cpu_kernel import build
