@@ -34,16 +34,22 @@ __all__ = ["multimax_fwd_kernel", "multimax_bwd_kernel"]
 
 
 @triton.jit
+def _order_inputs(x, p_ptr, n: tl.constexpr, ORDER: tl.constexpr):
+    """Order n's distances b = relu(ranges[2n-2] - x), d = relu(x - ranges[2n-1]) and weights
+    ts[2n-2], ts[2n-1], read from params = [ranges (2N), ts (2N)]: shared by forward and backward."""
+    rb = tl.load(p_ptr + (2 * n - 2))
+    rd = tl.load(p_ptr + (2 * n - 1))
+    tb = tl.load(p_ptr + (2 * ORDER + 2 * n - 2))
+    td = tl.load(p_ptr + (2 * ORDER + 2 * n - 1))
+    return tl.maximum(rb - x, 0.0), tl.maximum(x - rd, 0.0), tb, td
+
+
+@triton.jit
 def _seglu(x, p_ptr, ORDER: tl.constexpr):
     """x + sum_n ts[2n-2] relu(ranges[2n-2] - x)^n + ts[2n-1] relu(x - ranges[2n-1])^n (float32)."""
     z = x
     for n in tl.static_range(1, ORDER + 1):
-        rb = tl.load(p_ptr + (2 * n - 2))
-        rd = tl.load(p_ptr + (2 * n - 1))
-        tb = tl.load(p_ptr + (2 * ORDER + 2 * n - 2))
-        td = tl.load(p_ptr + (2 * ORDER + 2 * n - 1))
-        b = tl.maximum(rb - x, 0.0)
-        d = tl.maximum(x - rd, 0.0)
+        b, d, tb, td = _order_inputs(x, p_ptr, n, ORDER)
         bn = b
         dn = d
         for _ in tl.static_range(1, n):
@@ -132,12 +138,7 @@ def _backward_tile(x_ptr, dx_ptr, p_ptr, part_ptr, part_base, offs, inside, dz, 
     x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
     slope = tl.full(x.shape, 1.0, tl.float32)
     for n in tl.static_range(1, ORDER + 1):
-        rb = tl.load(p_ptr + (2 * n - 2))
-        rd = tl.load(p_ptr + (2 * n - 1))
-        tb = tl.load(p_ptr + (2 * ORDER + 2 * n - 2))
-        td = tl.load(p_ptr + (2 * ORDER + 2 * n - 1))
-        b = tl.maximum(rb - x, 0.0)
-        d = tl.maximum(x - rd, 0.0)
+        b, d, tb, td = _order_inputs(x, p_ptr, n, ORDER)
         if n == 1:
             bs = tl.where(b > 0.0, 1.0, 0.0)
             ds = tl.where(d > 0.0, 1.0, 0.0)
