@@ -31,7 +31,7 @@ export function createClassifierPanel(container, template, model) {
     error.hidden = true;
     $(".prediction-label").textContent = prediction.label;
     $(".prediction-score").textContent = `${percent(prediction.score)} sure`;
-    $(".latency").textContent = formatMs(ms);
+    $(".latency").textContent = `round trip ${formatMs(ms)}`;
     const bars = $(".bars");
     bars.replaceChildren(...prediction.top_k.map(({ label, score }) => {
       const item = document.createElement("li");
@@ -42,7 +42,7 @@ export function createClassifierPanel(container, template, model) {
       track.className = "bar-track";
       const fill = document.createElement("span");
       fill.className = "bar-fill";
-      fill.style.width = percent(score, 2);
+      fill.style.width = `${(100 * score).toFixed(2)}%`;
       track.append(fill);
       const value = document.createElement("span");
       value.className = "bar-value";
@@ -58,6 +58,7 @@ export function createClassifierPanel(container, template, model) {
     }
     if (explanation) {
       drawAttention(attentionMap, explanation.attention);
+      $(".sparsity").dataset.sparsity = String(explanation.sparsity);
       $(".sparsity").textContent =
         `Attention sparsity: ${percent(explanation.sparsity)} of the weights are below ${explanation.threshold}, ` +
         `${percent(explanation.zero_fraction)} exactly zero. Brighter cells: more attention (rollout over the ` +
@@ -69,7 +70,7 @@ export function createClassifierPanel(container, template, model) {
   function showError(err) {
     error.textContent = describeError(err);
     error.hidden = false;
-    $(".latency").textContent = err.ms ? formatMs(err.ms) : "";
+    $(".latency").textContent = err.ms ? `round trip ${formatMs(err.ms)}` : "";
   }
 
   return { element: panel, model, setBusy, showPrediction, showError };

@@ -148,11 +148,11 @@ function setupTranslate() {
       error.hidden = true;
       output.textContent = t.text;
       meta.textContent = `score ${t.score.toFixed(4)} (log-probability${body.beam_size > 1 ? ", length-penalised" : ""}) · ` +
-        `beam ${body.beam_size ?? "default"} · ${data.model} · ${formatMs(ms)}`;
+        `beam ${body.beam_size ?? "default"} · ${data.model} · round trip ${formatMs(ms)}`;
     } catch (err) {
       if (mine !== sequence) return;
       output.textContent = "";
-      meta.textContent = err.ms ? formatMs(err.ms) : "";
+      meta.textContent = err.ms ? `round trip ${formatMs(err.ms)}` : "";
       error.textContent = describeError(err);
       error.hidden = false;
     } finally {
@@ -171,6 +171,10 @@ function setupSettings() {
   const key = $("api-key");
   key.value = getApiKey();
   key.addEventListener("change", () => setApiKey(key.value.trim()));
+  $("settings-form").addEventListener("submit", (event) => {
+    event.preventDefault(); // Enter in the key field keeps the key; there is nothing to post
+    setApiKey(key.value.trim());
+  });
 }
 
 async function main() {
