@@ -68,6 +68,10 @@ export function createClassifierPanel(container, template, model) {
   }
 
   function showError(err) {
+    // An old answer next to a new error would read as the answer to the failed input: clear it.
+    panel.classList.remove("has-result");
+    for (const selector of [".prediction-label", ".prediction-score", ".sparsity"]) $(selector).textContent = "";
+    $(".bars").replaceChildren();
     error.textContent = describeError(err);
     error.hidden = false;
     $(".latency").textContent = err.ms ? `round trip ${formatMs(err.ms)}` : "";
