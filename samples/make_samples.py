@@ -2,9 +2,9 @@
 
 Why they are files in the repository: the README's curl examples need images, and a fresh machine's
 system `python` has no Pillow to draw one. Each sample is a different kind of input a person gives
-the classifier; none of them comes from the training data:
+the classifier; none of them is an image from the training data:
 
-- seven-typed.png     a typed 7 in Pillow's own font (not one of the system fonts used in training)
+- seven-typed.png     a typed 7 in Pillow's built-in font
 - three-drawn.png     a 3 drawn as pen strokes, the way the playground's canvas draws
 - four-photo.jpg      a pencil 4 photographed on grey paper: uneven light, noise, a slight tilt, JPEG
 - two-chalk.png       a light 2 on a dark board (the preprocessing reads light-on-dark too)

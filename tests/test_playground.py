@@ -206,6 +206,34 @@ def drop_file(driver, name: str, data: bytes, mime: str) -> None:
         name, base64.b64encode(data).decode(), mime)
 
 
+@pytest.mark.parametrize("name", ["three-drawn.png", "four-photo.jpg", "two-chalk.png", "seven-typed.png"])
+def test_attention_grid_sits_where_the_server_cropped(page, api, name):
+    """The map covers the square the ink-grid preprocessing maps onto the model's input: the ink's
+    bounding box (the server's own normalised ink and threshold), its longest side, centred."""
+    import numpy as np
+    from PIL import Image
+
+    from mmserve.checkpoints import read_config
+    from mmserve.tasks.image_classification import ImagePreprocessing, image_to_grayscale, normalized_ink
+
+    pre = ImagePreprocessing.model_validate(read_config(CLASSIFIER).preprocessing)
+    sample = SAMPLES / name
+    ink = normalized_ink(image_to_grayscale(Image.open(sample)), pre)
+    rows = np.flatnonzero((ink > pre.ink_threshold).any(axis=1))
+    cols = np.flatnonzero((ink > pre.ink_threshold).any(axis=0))
+    side = max(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
+    centre = ((cols[0] + cols[-1] + 1) / 2, (rows[0] + rows[-1] + 1) / 2)
+
+    by_testid(page, "image-input").send_keys(str(sample))
+    wait_for(lambda: name in page.find_element(By.ID, "source-line").text, "the upload to be shown")
+    wait_classified(page)
+    x, y, shown_side = map(float, page.find_element(By.CSS_SELECTOR, ".map-figure").get_attribute("data-region").split(","))
+    tolerance = 0.06 * side
+    assert abs(shown_side - side) <= tolerance, (shown_side, side)
+    assert abs(x + shown_side / 2 - centre[0]) <= tolerance and abs(y + shown_side / 2 - centre[1]) <= tolerance, \
+        ((x, y, shown_side), centre, side)
+
+
 def test_dropped_photo_is_classified_and_a_bad_file_shows_the_api_error(page, api):
     photo = SAMPLES / "four-photo.jpg"
     drop_file(page, photo.name, photo.read_bytes(), "image/jpeg")

@@ -55,6 +55,8 @@ export function createClassifierPanel(container, template, model) {
     if (picture) {
       const region = model.preprocessing === "ink-grid" ? inkSquare(picture) : centredSquare(picture);
       drawRegion(inputView, picture, region);
+      // where the grid sits, in the picture's pixels: lets a test hold the page to the server's crop
+      $(".map-figure").dataset.region = [region.x, region.y, region.side].map((v) => v.toFixed(1)).join(",");
     }
     if (explanation) {
       drawAttention(attentionMap, explanation.attention);

@@ -83,7 +83,8 @@ function setupDrawing() {
       return;
     }
     const blob = await pad.toBlob();
-    await classify(new File([blob], "drawing.png", { type: "image/png" }), canvas, "your drawing");
+    const snapshot = await createImageBitmap(canvas); // the map shows what was sent, not later strokes
+    await classify(new File([blob], "drawing.png", { type: "image/png" }), snapshot, "your drawing");
   }
   $("classify-button").addEventListener("click", classifyDrawing);
   $("clear-button").addEventListener("click", () => {
@@ -117,6 +118,12 @@ function setupUpload() {
   }
   for (const type of ["dragleave", "drop"]) {
     zone.addEventListener(type, () => zone.classList.remove("dragging"));
+  }
+  // A file dropped beside the box would make the browser leave the page to open it: take it instead.
+  for (const type of ["dragover", "drop"]) {
+    window.addEventListener(type, (event) => {
+      if (event.dataTransfer && [...event.dataTransfer.types].includes("Files")) event.preventDefault();
+    });
   }
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
