@@ -359,3 +359,30 @@ def test_screenshots_desktop_and_phone(page, api):
                                         ("playground-phone.png", 390, 844, True)):
         path = screenshot(page, name, width, height, mobile)
         assert path.stat().st_size > 10_000
+
+
+def test_api_key_from_settings_unlocks_a_protected_server(browser):
+    """With MMSERVE_API_KEY the API refuses the page until the key is given in Settings; the page shows
+    the refusal as the API words it, then works with the key."""
+    protected = ServerProcess(["--classifier", str(CLASSIFIER), "--backend", "torch"],
+                              env={"MMSERVE_API_KEY": "playground-test-key"})
+    try:
+        console_entries(browser)
+        browser.get(protected.url + "/")
+        wait_for(lambda: browser.execute_script("return document.body.dataset.ready === 'true'"), "the page")
+        refusal = httpx.get(protected.url + "/v1/models").json()["detail"]
+        assert refusal in browser.find_element(By.ID, "model-list").text
+        browser.find_element(By.CSS_SELECTOR, ".settings summary").click()
+        browser.find_element(By.ID, "api-key").send_keys("playground-test-key" + Keys.ENTER)
+        wait_for(lambda: "digits-vit" in browser.find_element(By.ID, "model-list").text, "the models with the key")
+        sample = SAMPLES / "two-chalk.png"
+        by_testid(browser, "image-input").send_keys(str(sample))
+        label = wait_classified(browser)
+        expected = httpx.post(protected.url + "/classify", files={"files": (sample.name, sample.read_bytes())},
+                              headers={"Authorization": "Bearer playground-test-key"}).json()
+        assert label == expected["predictions"][0]["label"]
+        logged = console_entries(browser)  # the one refused /v1/models call before the key
+        assert len(logged) == 1 and "/v1/models" in logged[0]["message"] and "401" in logged[0]["message"], logged
+    finally:
+        browser.execute_script("sessionStorage.clear()")
+        assert protected.stop(), protected.output()

@@ -177,10 +177,12 @@ function setupTranslate() {
 function setupSettings() {
   const key = $("api-key");
   key.value = getApiKey();
-  key.addEventListener("change", () => setApiKey(key.value.trim()));
+  // A new key can change what /v1/models answers (it refuses without one), so the page starts over
+  // with it; sessionStorage keeps the key across the reload, in this tab only.
   $("settings-form").addEventListener("submit", (event) => {
-    event.preventDefault(); // Enter in the key field keeps the key; there is nothing to post
+    event.preventDefault();
     setApiKey(key.value.trim());
+    window.location.reload();
   });
 }
 
