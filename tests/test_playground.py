@@ -355,6 +355,7 @@ def test_screenshots_desktop_and_phone(page, api):
     wait_classified(page)
     by_testid(page, "translate-button").click()
     wait_for(lambda: by_testid(page, "translate-output").text, "the translation")
+    ActionChains(page).move_to_element(page.find_element(By.TAG_NAME, "h1")).perform()  # no hover state
     for name, width, height, mobile in (("playground.png", 1280, 900, False),
                                         ("playground-phone.png", 390, 844, True)):
         path = screenshot(page, name, width, height, mobile)

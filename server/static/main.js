@@ -17,13 +17,16 @@ const state = {
 async function loadModels() {
   const list = $("model-list");
   try {
-    const { data } = await callApi("/v1/models");
+    const { data, ms } = await callApi("/v1/models");
+    const timing = document.createElement("li");
+    timing.className = "meta";
+    timing.textContent = `listed in ${formatMs(ms)}`;
     list.replaceChildren(...data.models.map((m) => {
       const item = document.createElement("li");
       item.className = "model-chip";
       item.textContent = `${m.name} · ${m.task} · ${m.backend}/${m.device}`;
       return item;
-    }));
+    }), timing);
     return data.models;
   } catch (err) {
     const item = document.createElement("li");
