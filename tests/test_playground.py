@@ -270,7 +270,8 @@ def draw(driver, points: list[tuple[float, float]], kind: str = interaction.POIN
 
 
 def test_drawing_with_pointer_actions_is_classified_like_the_api(page, api):
-    draw(page, SEVEN)
+    draw(page, SEVEN[:3], interaction.POINTER_MOUSE)  # the bar with a mouse, the diagonal with a finger
+    draw(page, SEVEN[2:], interaction.POINTER_TOUCH)
     by_testid(page, "classify-button").click()
     wait_classified(page)
     drawing = page.execute_script(
@@ -281,6 +282,13 @@ def test_drawing_with_pointer_actions_is_classified_like_the_api(page, api):
            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
            for (let i = 0; i < d.length; i += 4) if (d[i] < 128) n++; return n / (c.width * c.height);""")
     assert inked > 0.03, f"the pointer actions left almost no ink ({inked:.3f})"
+    on_stroke = page.execute_script(  # ink under the mouse's bar and under the finger's diagonal
+        """const c = document.querySelector('[data-testid="draw-canvas"]');
+           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+           return arguments[0].map(([fx, fy]) =>
+             d[4 * (Math.round(fy * c.height) * c.width + Math.round(fx * c.width))] < 128);""",
+        [[0.4, 0.215], [0.55, 0.55]])
+    assert on_stroke == [True, True], on_stroke
     wait_for(lambda: "your drawing" in page.find_element(By.ID, "source-line").text, "the drawing to be shown")
     check_against_api(page, api, png, "drawing.png")
 
