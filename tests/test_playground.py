@@ -142,7 +142,10 @@ def check_against_api(driver, api: httpx.Client, image: bytes, filename: str) ->
     response = api.post("/classify", files={"files": (filename, image)}, data={"top_k": "5", "explain": "true"})
     assert response.status_code == 200, response.text
     expected = response.json()["predictions"][0]
-    assert by_testid(driver, "prediction-label").text == expected["label"]
+    # the page settles on the answer for its latest input (a drawing is also sent after each stroke)
+    wait_for(lambda: by_testid(driver, "prediction-label").text == expected["label"]
+             and driver.find_element(By.CSS_SELECTOR, ".panel").get_attribute("aria-busy") == "false",
+             f"the label {expected['label']!r} that /classify gives this input")
     bars = driver.find_elements(By.CSS_SELECTOR, ".bars li .bar-label")
     assert [b.text for b in bars] == [t["label"] for t in expected["top_k"]]
     fills = driver.execute_script(  # drawn bar length / track length, per bar

@@ -55,39 +55,46 @@ function setupClassifier(models) {
   }
 }
 
-async function classify(file, picture, sourceName) {
+/** Classify one input. `prepare` resolves to {file, picture}; the request's place in line is taken
+ * before it runs, so an answer to an earlier input can never overwrite a later one, even one still
+ * being encoded. */
+async function classify(prepare, sourceName) {
   const sequence = ++state.sequence;
+  const current = () => sequence === state.sequence;
   $("source-line").textContent = `Classifying ${sourceName}…`;
-  const form = new FormData();
-  form.append("files", file, file.name || "drawing.png");
-  form.append("top_k", String(state.topK));
-  form.append("explain", "true");
   state.panels.forEach((p) => p.setBusy(true));
   try {
+    const { file, picture } = await prepare();
+    const form = new FormData();
+    form.append("files", file, file.name || "drawing.png");
+    form.append("top_k", String(state.topK));
+    form.append("explain", "true");
     const { data, ms } = await callApi("/classify", { method: "POST", body: form });
-    if (sequence !== state.sequence) return;
+    if (!current()) return;
     state.panels.forEach((p) => p.showPrediction(data.predictions[0], picture, ms));
     $("source-line").textContent = `Showing ${sourceName}.`;
   } catch (err) {
-    if (sequence !== state.sequence) return;
+    if (!current()) return;
     state.panels.forEach((p) => p.showError(err));
     $("source-line").textContent = `${sourceName} could not be classified.`;
   } finally {
-    if (sequence === state.sequence) state.panels.forEach((p) => p.setBusy(false));
+    if (current()) state.panels.forEach((p) => p.setBusy(false));
   }
 }
 
 function setupDrawing() {
   const canvas = $("draw-canvas");
   const pad = createDrawingPad(canvas, { onStrokeEnd: () => classifyDrawing() });
-  async function classifyDrawing() {
+  function classifyDrawing() {
     if (pad.isBlank()) {
       $("source-line").textContent = "Draw a digit first, or upload an image.";
       return;
     }
-    const blob = await pad.toBlob();
-    const snapshot = await createImageBitmap(canvas); // the map shows what was sent, not later strokes
-    await classify(new File([blob], "drawing.png", { type: "image/png" }), snapshot, "your drawing");
+    classify(async () => {
+      const blob = await pad.toBlob();
+      const picture = await createImageBitmap(canvas); // the map shows what was sent, not later strokes
+      return { file: new File([blob], "drawing.png", { type: "image/png" }), picture };
+    }, "your drawing");
   }
   $("classify-button").addEventListener("click", classifyDrawing);
   $("clear-button").addEventListener("click", () => {
@@ -96,15 +103,12 @@ function setupDrawing() {
   });
 }
 
-async function classifyFile(file) {
-  // The picture is only for showing the input under the map; the API decides what is an image.
-  let picture = null;
-  try {
-    picture = await createImageBitmap(file);
-  } catch {
-    picture = null;
-  }
-  await classify(file, picture, file.name || "the upload");
+function classifyFile(file) {
+  classify(async () => {
+    // The picture only shows the input under the map; whether it is an image is the API's to say.
+    const picture = await createImageBitmap(file).catch(() => null);
+    return { file, picture };
+  }, file.name || "the upload");
 }
 
 function setupUpload() {
