@@ -322,7 +322,10 @@ def test_manifest_records_versions_hashes_and_source(vit_dir, vit_export):
     assert manifest["format"] == "mmserve-onnx" and manifest["opset"] == 18 and manifest["ir_version"] >= 10
     assert set(manifest["exporter"]) >= {"torch", "onnx", "onnxscript", "onnxruntime"}
     assert manifest["source"]["weights_sha256"] == source_manifest["files"]["model.safetensors"]
-    assert set(manifest["files"]) == {"model.onnx", "explain.onnx", "config.json", "labels.txt"}
+    assert set(manifest["files"]) == {"model.onnx", "explain.onnx", "model.portable.onnx", "explain.portable.onnx",
+                                      "config.json", "labels.txt"}
+    assert manifest["graphs"]["model.onnx"]["portable"] == "model.portable.onnx"
+    assert set(manifest["graphs"]) == {"model.onnx", "explain.onnx"}  # portable copies are not extra graphs
     assert (vit_export / "labels.txt").read_text().splitlines() == [f"class-{i}" for i in range(10)]
     assert manifest["graphs"]["model.onnx"]["multimax_nodes"] == VIT.depth + 1
     assert json.loads((vit_export / "config.json").read_text()) == json.loads((vit_dir / "config.json").read_text())
