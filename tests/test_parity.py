@@ -103,6 +103,21 @@ def test_parity_numbers_passes(numbers_export, tmp_path):
 
 
 @pytest.mark.slow
+def test_parity_on_the_reference_evaluator_and_openvino(digits_export, tmp_path):
+    """The custom-node graphs on onnx.reference (function bodies) and the portable graphs on OpenVINO
+    agree with torch and onnxruntime on held-out and random digits."""
+    pytest.importorskip("openvino", reason="OpenVINO is in the dev extra; without it this check cannot run")
+    code, report, output = _parity(
+        [str(DIGITS), "--onnx", str(digits_export), "--backends", "torch,onnxruntime,onnx-reference,openvino",
+         "--batch-sizes", "4", "--samples", "8", "--require-all"], tmp_path)
+    assert code == 0, output
+    assert set(report["backends"]) == {"torch", "onnxruntime", "onnx-reference", "openvino"}
+    assert len(report["pairs"]) == 2 * 6  # held-out and random, every pair of the four
+    for row in report["pairs"]:
+        assert row["metrics"]["probs_max_abs"] < 1e-5 and row["metrics"]["top1_agreement"] == 1.0
+
+
+@pytest.mark.slow
 def test_parity_fails_when_the_graph_weights_drift(digits_export, tmp_path):
     def drift(proto: onnx.ModelProto) -> None:
         # 1% multiplicative noise on the largest weight matrix: a silent export bug, not a crash.

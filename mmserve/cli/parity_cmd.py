@@ -17,7 +17,7 @@ Fails when |a - b| > atol + rtol*|b| for any compared value, or when a held-out 
 
 Default tolerances, per dtype of the lower-precision backend of a pair: float32 atol 1e-4 rtol 1e-4; tfloat32 atol 1e-3 rtol 1e-3; float16 atol 1e-2 rtol 1e-2; bfloat16 atol 5e-2 rtol 5e-2.
 
-Backends that cannot run here (tensorrt without the package) are SKIPPED and never counted as passed.
+Backends: torch (eager float32), onnxruntime (the custom-node graphs, bodies inlined by onnxruntime), onnx-reference (the custom-node graphs on ONNX's reference evaluator, slow), openvino (the portable graphs, *.portable.onnx), tensorrt / tensorrt-fp16. Backends that cannot run here (tensorrt or openvino without the package) are SKIPPED and never counted as passed.
 """
 
 
@@ -36,7 +36,7 @@ def _ints(text: str, what: str) -> list[int]:
 def parity(
     model_dir: Path = typer.Argument(..., help="mmserve model directory (the torch reference)"),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="ONNX export of MODEL_DIR (default: export to a temp dir)"),
-    backends: str = typer.Option("torch,onnxruntime", "--backends", help="comma-separated: torch,onnxruntime[,tensorrt]"),
+    backends: str = typer.Option("torch,onnxruntime", "--backends", help="comma-separated: torch,onnxruntime[,onnx-reference,openvino,tensorrt,tensorrt-fp16]"),
     batch_sizes: str = typer.Option("1,4,16", "--batch-sizes", help="comma-separated batch sizes"),
     samples: Optional[int] = typer.Option(None, "--samples", help="held-out and random samples (default: largest batch size)"),
     atol: Optional[str] = typer.Option(None, "--atol", help="absolute tolerance: '2e-4' (float32) or 'float32=2e-4,float16=2e-2'"),
