@@ -215,7 +215,7 @@ def onnx_reference_backend(ctx: ParityContext) -> ParityBackend:
 
 
 def openvino_backend(ctx: ParityContext) -> ParityBackend:
-    """The portable graphs (*.portable.onnx) on OpenVINO's CPU plugin in float32."""
+    """The portable graphs (portable/*.onnx) on OpenVINO's CPU plugin in float32."""
     try:
         import openvino
     except ImportError as exc:
@@ -224,7 +224,7 @@ def openvino_backend(ctx: ParityContext) -> ParityBackend:
     from exporters.onnx.portable import portable_filename
 
     runner = _runner_on_sessions(
-        ctx, lambda path: OpenVINOSession(path.with_name(portable_filename(path.name)), threads=ctx.threads))
+        ctx, lambda path: OpenVINOSession(path.parent / portable_filename(path.name), threads=ctx.threads))
     if not runner.manifest.get("options", {}).get("portable", False):
         raise BackendUnavailable(f"{runner.directory} has no portable graphs (exported with --no-portable)")
     return _backend_from_runner("openvino", f"openvino {openvino.__version__} CPU f32 (portable graphs)",

@@ -9,13 +9,13 @@ close to a float64 run as each other. The export must pass; a graph that compute
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
@@ -25,9 +25,11 @@ from exporters.onnx.portable import inline_multimax
 from exporters.onnx.validate import DEFAULT_ATOL, FLOAT32_ERROR_FACTOR, ExportValidationError, validate_outputs
 from mmserve.checkpoints import load_model_dir
 from mmserve.cli import app
-from mmserve.models import ViTConfig, build_model
 
-SHARP = ViTConfig(img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=192, depth=2, num_heads=3)
+_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "export_check_sharp_vit.py"
+_spec = importlib.util.spec_from_file_location("export_check_sharp_vit", _SCRIPT)
+sharp_vit = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sharp_vit)  # the checkpoint recipe the measuring script uses, not a copy
 
 pytestmark = pytest.mark.slow
 
@@ -36,17 +38,9 @@ pytestmark = pytest.mark.slow
 def sharp_model_dir(tmp_path_factory) -> Path:
     """An official {'model': state_dict} checkpoint, imported with `mmserve import official-vit`."""
     root = tmp_path_factory.mktemp("sharp")
-    torch.manual_seed(0)
-    model = build_model(SHARP)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("ranges", "ts")):
-                p.normal_(0, 0.5)
-            elif name.endswith("qkv.weight"):
-                p.normal_(0, 0.3)  # sharp attention
-    torch.save({"model": model.state_dict(), "epoch": 300}, root / "checkpoint.pth")
-    result = CliRunner().invoke(app, ["import", "official-vit", str(root / "checkpoint.pth"), str(root / "model"),
-                                      "--heads", str(SHARP.num_heads)])
+    checkpoint = sharp_vit.build_checkpoint(root / "checkpoint.pth")
+    result = CliRunner().invoke(app, ["import", "official-vit", str(checkpoint), str(root / "model"),
+                                      "--heads", str(sharp_vit.SHARP["num_heads"])])
     assert result.exit_code == 0, result.output
     return root / "model"
 
@@ -69,7 +63,7 @@ def test_correct_export_of_a_sharp_model_is_accepted(sharp_export):
         assert e["onnx_vs_float64"] <= DEFAULT_ATOL + FLOAT32_ERROR_FACTOR * e["torch_vs_float64"], name
     sharpest = errors["attention_weights_1"]
     assert sharpest["torch_vs_float64"] > 1e-4  # float32 itself is this far off on sharp attention
-    assert set(validation) == {"explain.onnx", "explain.portable.onnx"}
+    assert set(validation) == {"explain.onnx", "portable/explain.onnx"}
 
 
 def _graph_and_config(model_dir: Path, export_dir: Path, filename: str):
@@ -98,7 +92,7 @@ def test_wrong_graph_is_still_refused(sharp_model_dir, sharp_export, mutate):
     validate_outputs(config, proto, "model.onnx")  # the unchanged graph passes: the refusal below is the drift's
     mutate(proto)
     with pytest.raises(ExportValidationError, match="from a float64 run"):
-        validate_outputs(config, {"model.onnx": proto, "model.portable.onnx": inline_multimax(proto)}, "model.onnx")
+        validate_outputs(config, {"model.onnx": proto, "portable/model.onnx": inline_multimax(proto)}, "model.onnx")
 
 
 def test_tolerances_are_the_users_to_set(sharp_model_dir, sharp_export, tmp_path):

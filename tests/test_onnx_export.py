@@ -177,8 +177,8 @@ def test_no_function_body_export_has_nodes_but_no_functions(vit_dir, tmp_path):
         onnx.checker.check_model(proto, full_check=True)  # the registered schema types the outputs
     assert json.loads((out / "manifest.json").read_text())["options"]["function_body"] is False
     # The portable copies are inlined from the bodies before they are dropped: they still run anywhere.
-    portable = create_session(out / "model.portable.onnx")
-    assert not onnx.load(str(out / "model.portable.onnx")).functions
+    portable = create_session(out / "portable" / "model.onnx")
+    assert not onnx.load(str(out / "portable" / "model.onnx")).functions
     x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
     with torch.no_grad():
         want_probs, _ = load_model_dir(vit_dir).model.classify(torch.from_numpy(x))
@@ -329,9 +329,9 @@ def test_manifest_records_versions_hashes_and_source(vit_dir, vit_export):
     assert manifest["format"] == "mmserve-onnx" and manifest["opset"] == 18 and manifest["ir_version"] >= 10
     assert set(manifest["exporter"]) >= {"torch", "onnx", "onnxscript", "onnxruntime"}
     assert manifest["source"]["weights_sha256"] == source_manifest["files"]["model.safetensors"]
-    assert set(manifest["files"]) == {"model.onnx", "explain.onnx", "model.portable.onnx", "explain.portable.onnx",
+    assert set(manifest["files"]) == {"model.onnx", "explain.onnx", "portable/model.onnx", "portable/explain.onnx",
                                       "config.json", "labels.txt"}
-    assert manifest["graphs"]["model.onnx"]["portable"] == "model.portable.onnx"
+    assert manifest["graphs"]["model.onnx"]["portable"] == "portable/model.onnx"
     assert set(manifest["graphs"]) == {"model.onnx", "explain.onnx"}  # portable copies are not extra graphs
     assert (vit_export / "labels.txt").read_text().splitlines() == [f"class-{i}" for i in range(10)]
     assert manifest["graphs"]["model.onnx"]["multimax_nodes"] == VIT.depth + 1

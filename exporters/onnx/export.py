@@ -3,7 +3,7 @@
     OUT_DIR/
       model.onnx, explain.onnx                      (image-classification)
       encoder.onnx, cross_kv.onnx, decoder.onnx     (translation)
-      *.portable.onnx                               the same graphs with the MultiMax bodies inlined
+      portable/*.onnx                               the same graphs with the MultiMax bodies inlined
                                                     (standard ops only: OpenVINO, onnx.reference, ...);
                                                     left out with ExportOptions(portable=False)
       config.json                                   copied from the model directory
@@ -166,6 +166,7 @@ def _export_graph(graph_config, staging: Path, options: ExportOptions, name: str
         checked = validate_outputs(graph_config, graphs, path, atol=atol, rtol=rtol)
         report.validation = {f: {o: e.as_dict() for o, e in outputs.items()} for f, outputs in checked.items()}
     if options.portable:
+        (staging / report.portable).parent.mkdir(parents=True, exist_ok=True)
         onnx.save_model(graphs[report.portable], str(staging / report.portable))
     final = with_bodies
     if not options.function_body:

@@ -1,4 +1,4 @@
-"""Run a portable export graph (*.portable.onnx) on OpenVINO's CPU plugin.
+"""Run a portable export graph (portable/*.onnx) on OpenVINO's CPU plugin.
 
 OpenVINO reads ONNX itself but has no conversion rule for the `mmserve` domain, so it takes the
 portable copies only. Its CPU plugin may pick a lower inference precision on CPUs with bf16 units;

@@ -18,15 +18,17 @@ import onnx.inliner
 
 from .op import DOMAIN
 
-__all__ = ["PORTABLE_SUFFIX", "portable_filename", "inline_multimax"]
+__all__ = ["PORTABLE_DIR", "portable_filename", "inline_multimax"]
 
-PORTABLE_SUFFIX = ".portable.onnx"
+PORTABLE_DIR = "portable"
+"""Subdirectory of an export that holds the portable copies under the same file names. A subdirectory,
+not a second name beside the graph, so that code which globs an export's `*.onnx` (parameter counts,
+loaders that expect one graph per name) sees each graph once."""
 
 
 def portable_filename(filename: str) -> str:
-    """model.onnx -> model.portable.onnx (beside the custom-node graph, listed in the manifest)."""
-    path = PurePosixPath(filename)
-    return str(path.with_name(path.stem + PORTABLE_SUFFIX))
+    """model.onnx -> portable/model.onnx (relative to the export directory, listed in the manifest)."""
+    return str(PurePosixPath(PORTABLE_DIR) / filename)
 
 
 def _custom_nodes(graph: onnx.GraphProto) -> list[str]:

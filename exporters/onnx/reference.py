@@ -1,6 +1,6 @@
 """Run export graphs on ONNX's own reference evaluator (`onnx.reference.ReferenceEvaluator`).
 
-The portable graphs (*.portable.onnx) run on it as they are. The custom-node graphs run too, through
+The portable graphs (portable/*.onnx) run on it as they are. The custom-node graphs run too, through
 their function bodies, with one correction for a limitation of the evaluator (onnx 1.23): inside a
 model-local function it passes attribute references (`Softmax<axis=@axis>`) to a node as
 `run(x, linked_attributes=...)`, but its unary operators (Softmax among them) define `run(self, x)`

@@ -20,7 +20,7 @@ def export(
     ),
     portable: bool = typer.Option(
         True, "--portable/--no-portable",
-        help="onnx: also write GRAPH.portable.onnx per graph, the MultiMax bodies inlined into standard ops, for "
+        help="onnx: also write portable/GRAPH.onnx per graph, the MultiMax bodies inlined into standard ops, for "
         "runtimes without the mmserve domain (OpenVINO, onnx.reference, converters); --no-portable saves the "
         "disk space (each copy holds the weights again)",
     ),

@@ -17,7 +17,7 @@ Fails when |a - b| > atol + rtol*|b| for any compared value, or when a held-out 
 
 Default tolerances, per dtype of the lower-precision backend of a pair: float32 atol 1e-4 rtol 1e-4; tfloat32 atol 1e-3 rtol 1e-3; float16 atol 1e-2 rtol 1e-2; bfloat16 atol 5e-2 rtol 5e-2.
 
-Backends: torch (eager float32), onnxruntime (the custom-node graphs, bodies inlined by onnxruntime), onnx-reference (the custom-node graphs on ONNX's reference evaluator, slow), openvino (the portable graphs, *.portable.onnx), tensorrt / tensorrt-fp16. Backends that cannot run here (tensorrt or openvino without the package) are SKIPPED and never counted as passed.
+Backends: torch (eager float32), onnxruntime (the custom-node graphs, bodies inlined by onnxruntime), onnx-reference (the custom-node graphs on ONNX's reference evaluator, slow), openvino (the portable graphs, portable/*.onnx), tensorrt / tensorrt-fp16. Backends that cannot run here (tensorrt or openvino without the package) are SKIPPED and never counted as passed.
 """
 
 
