@@ -226,6 +226,6 @@ def openvino_backend(ctx: ParityContext) -> ParityBackend:
     runner = _runner_on_sessions(
         ctx, lambda path: OpenVINOSession(path.parent / portable_filename(path.name), threads=ctx.threads))
     if not runner.manifest.get("options", {}).get("portable", False):
-        raise BackendUnavailable(f"{runner.directory} has no portable graphs (exported with --no-portable)")
+        raise BackendUnavailable(f"{runner.directory} has no portable graphs (exported with --no-portable, or by an mmserve without them)")
     return _backend_from_runner("openvino", f"openvino {openvino.__version__} CPU f32 (portable graphs)",
                                 runner, ctx.config)

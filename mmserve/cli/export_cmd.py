@@ -24,11 +24,13 @@ def export(
         "runtimes without the mmserve domain (OpenVINO, onnx.reference, converters); --no-portable saves the "
         "disk space (each copy holds the weights again)",
     ),
-    atol: float = typer.Option(
-        1e-4, "--atol", help="onnx: absolute tolerance of the export check, on top of torch float32's own error "
-        "against a float64 run (see README, 'ONNX export and parity')",
+    atol: Optional[float] = typer.Option(
+        None, "--atol", help="onnx: absolute tolerance of the export check (default 1e-4), on top of torch float32's "
+        "own error against a float64 run (see README, 'ONNX export and parity')",
     ),
-    rtol: float = typer.Option(1e-4, "--rtol", help="onnx: relative tolerance of the export check (times |float64 output|)"),
+    rtol: Optional[float] = typer.Option(
+        None, "--rtol", help="onnx: relative tolerance of the export check (default 1e-4, times |float64 output|)",
+    ),
     skip_if_current: bool = typer.Option(
         False, "--skip-if-current",
         help="do nothing when OUT's manifest says it was exported from the same weights and config with the "
@@ -42,8 +44,7 @@ def export(
 ) -> None:
     """Export MODEL_DIR; every MultiMax becomes one mmserve.MultiMax node.
 
-    The node, its attributes (axis, ranges, ts), the function bodies, the portable copies and the
-    export check are described in the README section "ONNX export and parity".
+    The op, its attributes, the portable copies and the export check: README.md, "ONNX export and parity".
     """
     from rich.console import Console
 
@@ -56,7 +57,8 @@ def export(
     if format == "tensorrt":
         kwargs.update(precision=precision, batch=batch, workspace_mib=workspace_mib)
     elif format == "onnx":
-        kwargs.update(portable=portable, atol=atol, rtol=rtol)
+        kwargs.update(portable=portable)
+        kwargs.update({name: value for name, value in (("atol", atol), ("rtol", rtol)) if value is not None})
     result = exporter(model_dir, out, **kwargs)
     if result.skipped:
         typer.echo(f"{out}: {result.reason}; skipped")
