@@ -9,7 +9,9 @@ Registering a new runtime is one line, in any of three ways (the same as the ser
 
 1. `register_parity_backend("tensorrt", factory)` from any imported module;
 2. an entry point in the group ``mmserve.parity_backends`` ("name = module:function");
-3. a lazy "module:function" string in `_BUILTIN` below. `tensorrt` / `tensorrt-fp16` point at
+3. a lazy "module:function" string in `_BUILTIN` below. `onnx-reference` runs the custom-node graphs
+   on ONNX's reference evaluator (function bodies), `openvino` the portable graphs on OpenVINO's CPU
+   plugin (SKIPPED without the `openvino` package). `tensorrt` / `tensorrt-fp16` point at
    `exporters.tensorrt.parity`, whose factories raise BackendUnavailable where the `tensorrt` package
    or a CUDA GPU is missing; a module that does not import at all is reported the same way.
 """
@@ -93,6 +95,8 @@ ParityFactory = Callable[[ParityContext], ParityBackend]
 _BUILTIN: dict[str, str] = {
     "torch": "exporters.parity_backends:torch_backend",
     "onnxruntime": "exporters.parity_backends:onnxruntime_backend",
+    "onnx-reference": "exporters.parity_backends:onnx_reference_backend",
+    "openvino": "exporters.parity_backends:openvino_backend",
     "tensorrt": "exporters.tensorrt.parity:load",
     "tensorrt-fp16": "exporters.tensorrt.parity:load_fp16",
 }
@@ -173,3 +177,55 @@ def onnxruntime_backend(ctx: ParityContext) -> ParityBackend:
     stepper = OnnxSeq2SeqStepper(directory, options)
     description = f"onnxruntime {ort.__version__} {','.join(stepper.providers)}"
     return ParityBackend("onnxruntime", "float32", description, stepper=stepper)
+
+
+def _runner_on_sessions(ctx: ParityContext, open_session: Callable[[Path], Any]):
+    """mmserve's ONNX runner (classifier or seq2seq stepper) with its sessions opened by
+    `open_session(path of the graph file)` instead of onnxruntime: the feeds, output names and
+    decoding loop stay those the server uses, only the runtime under them changes."""
+    from exporters.onnx.runtime import OnnxClassifier, OnnxSeq2SeqStepper
+
+    base = OnnxClassifier if ctx.config.task == "image-classification" else OnnxSeq2SeqStepper
+
+    class Runner(base):  # type: ignore[valid-type, misc]
+        def session(self, filename: str):
+            if filename not in self._sessions:
+                self._sessions[filename] = open_session(self.directory / filename)
+            return self._sessions[filename]
+
+    return Runner(ctx.onnx_dir())
+
+
+def _backend_from_runner(name: str, description: str, runner: Any, config: ModelDirConfig) -> ParityBackend:
+    if config.task == "image-classification":
+        return ParityBackend(name, "float32", description, classify=lambda x: runner.run(x))
+    return ParityBackend(name, "float32", description, stepper=runner)
+
+
+def onnx_reference_backend(ctx: ParityContext) -> ParityBackend:
+    """The custom-node graphs on ONNX's reference evaluator, through their function bodies (slow:
+    numpy, one op at a time; an independent check of the bodies onnxruntime inlines)."""
+    import onnx
+
+    from exporters.onnx.reference import ReferenceSession
+
+    runner = _runner_on_sessions(ctx, ReferenceSession)
+    return _backend_from_runner("onnx-reference", f"onnx {onnx.__version__} ReferenceEvaluator (function bodies)",
+                                runner, ctx.config)
+
+
+def openvino_backend(ctx: ParityContext) -> ParityBackend:
+    """The portable graphs (portable/*.onnx) on OpenVINO's CPU plugin in float32."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendUnavailable(f"openvino is not installed ({exc}); pip install openvino") from exc
+    from exporters.onnx.openvino_session import OpenVINOSession
+    from exporters.onnx.portable import portable_filename
+
+    runner = _runner_on_sessions(
+        ctx, lambda path: OpenVINOSession(path.parent / portable_filename(path.name), threads=ctx.threads))
+    if not runner.manifest.get("options", {}).get("portable", False):
+        raise BackendUnavailable(f"{runner.directory} has no portable graphs (exported with --no-portable, or by an mmserve without them)")
+    return _backend_from_runner("openvino", f"openvino {openvino.__version__} CPU f32 (portable graphs)",
+                                runner, ctx.config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from .onnx.validate import FLOAT32_ERROR_FACTOR
 from .parity import ParityReport
 
 __all__ = ["render_report"]
@@ -13,11 +14,13 @@ _CLASSIFIER_COLUMNS = [
     ("probs_max_abs", "probs max abs", "{:.2e}"),
     ("logits_max_abs", "logits max abs", "{:.2e}"),
     ("logits_max_rel", "logits max rel", "{:.2e}"),
+    ("logits_float32_error", "logits f32 vs f64", "{:.2e}"),
     ("top1_agreement", "top-1 agree", "{:.4f}"),
 ]
 _TRANSLATOR_COLUMNS = [
     ("logits_max_abs", "step logits max abs", "{:.2e}"),
     ("logits_max_rel", "max rel", "{:.2e}"),
+    ("logits_float32_error", "f32 vs f64", "{:.2e}"),
     ("greedy_token_agreement", "greedy tok agree", "{:.4f}"),
     ("greedy_exact_match", "greedy exact", "{:.4f}"),
     ("beam_token_agreement", "beam tok agree", "{:.4f}"),
@@ -32,7 +35,8 @@ def render_report(report: ParityReport, console: Console) -> None:
     for name, reason in report.skipped.items():
         console.print(f"  [yellow]{name}: SKIPPED, not compared and not counted as passed: {reason}[/]", highlight=False)
     tol = ", ".join(f"{d} atol {t.atol:g} rtol {t.rtol:g}" for d, t in report.tolerances.items())
-    console.print(f"  tolerances: {tol}; samples per input kind: {report.samples}", highlight=False)
+    console.print(f"  tolerances: {tol}, each plus {FLOAT32_ERROR_FACTOR:g}x torch float32's own error vs float64 "
+                  f"(column f32 vs f64); samples per input kind: {report.samples}", highlight=False)
 
     columns = _CLASSIFIER_COLUMNS if report.task == "image-classification" else _TRANSLATOR_COLUMNS
     table = Table(title="backend pairs", show_lines=False)

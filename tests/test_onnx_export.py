@@ -176,6 +176,13 @@ def test_no_function_body_export_has_nodes_but_no_functions(vit_dir, tmp_path):
         assert not proto.functions
         onnx.checker.check_model(proto, full_check=True)  # the registered schema types the outputs
     assert json.loads((out / "manifest.json").read_text())["options"]["function_body"] is False
+    # The portable copies are inlined from the bodies before they are dropped: they still run anywhere.
+    portable = create_session(out / "portable" / "model.onnx")
+    assert not onnx.load(str(out / "portable" / "model.onnx")).functions
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want_probs, _ = load_model_dir(vit_dir).model.classify(torch.from_numpy(x))
+    np.testing.assert_allclose(portable.run(["probs"], {"pixel_values": x})[0], want_probs.numpy(), atol=ATOL_PROBS)
     # Stock onnxruntime has no kernel for the node: it must refuse, and our runner says why.
     with pytest.raises(Exception, match="MultiMax"):
         create_session(out / "model.onnx")
@@ -322,7 +329,10 @@ def test_manifest_records_versions_hashes_and_source(vit_dir, vit_export):
     assert manifest["format"] == "mmserve-onnx" and manifest["opset"] == 18 and manifest["ir_version"] >= 10
     assert set(manifest["exporter"]) >= {"torch", "onnx", "onnxscript", "onnxruntime"}
     assert manifest["source"]["weights_sha256"] == source_manifest["files"]["model.safetensors"]
-    assert set(manifest["files"]) == {"model.onnx", "explain.onnx", "config.json", "labels.txt"}
+    assert set(manifest["files"]) == {"model.onnx", "explain.onnx", "portable/model.onnx", "portable/explain.onnx",
+                                      "config.json", "labels.txt"}
+    assert manifest["graphs"]["model.onnx"]["portable"] == "portable/model.onnx"
+    assert set(manifest["graphs"]) == {"model.onnx", "explain.onnx"}  # portable copies are not extra graphs
     assert (vit_export / "labels.txt").read_text().splitlines() == [f"class-{i}" for i in range(10)]
     assert manifest["graphs"]["model.onnx"]["multimax_nodes"] == VIT.depth + 1
     assert json.loads((vit_export / "config.json").read_text()) == json.loads((vit_dir / "config.json").read_text())
@@ -379,3 +389,89 @@ def test_cli_errors_are_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not a directory" in proc.stderr
+
+
+# ------------------------------------------------- portable graphs and runtimes other than onnxruntime
+
+
+def _graph_inputs(model_dir: Path, task: str) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Per graph file: feeds at every validation shape (other than the traced ones)."""
+    from exporters.onnx.configs import onnx_configs_for
+
+    loaded = load_model_dir(model_dir)
+    generator = torch.Generator().manual_seed(7)
+    feeds = {}
+    for config in onnx_configs_for(task, loaded.model, loaded.architecture):
+        names = [n for n, _ in config.inputs]
+        feeds[config.filename] = [
+            {n: t.numpy() for n, t in zip(names, config.generate_dummy_inputs(dims, generator))}
+            for dims in config.validation_shapes
+        ]
+    return feeds
+
+
+def _exports(vit_dir, vit_export, translator_dir, translator_export):
+    return [(vit_export, _graph_inputs(vit_dir, "image-classification")),
+            (translator_export, _graph_inputs(translator_dir, "translation"))]
+
+
+def _assert_close_to_onnxruntime(export_dir: Path, filename: str, feeds, make_session) -> None:
+    want = create_session(export_dir / filename)
+    got = make_session()
+    for feed in feeds:
+        for expected, actual in zip(want.run(None, feed), got.run(None, feed)):
+            assert actual.shape == expected.shape
+            np.testing.assert_allclose(actual, expected, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_portable_graphs_hold_standard_ops_only(vit_export, translator_export):
+    from exporters.onnx.portable import portable_filename
+
+    for export_dir, graphs in ((vit_export, ["model.onnx", "explain.onnx"]),
+                               (translator_export, ["encoder.onnx", "cross_kv.onnx", "decoder.onnx"])):
+        manifest = json.loads((export_dir / "manifest.json").read_text())
+        for filename in graphs:
+            portable = portable_filename(filename)
+            assert manifest["graphs"][filename]["portable"] == portable and portable in manifest["files"]
+            assert set(manifest["graphs"][filename]["validation"]) == {filename, portable}
+            proto = onnx.load(str(export_dir / portable))
+            assert not proto.functions and {o.domain for o in proto.opset_import} == {""}
+            assert all(n.domain == "" for n in proto.graph.node)
+            onnx.checker.check_model(proto, full_check=True)
+            custom = onnx.load(str(export_dir / filename))
+            assert [i.name for i in proto.graph.input] == [i.name for i in custom.graph.input]
+            assert [o.name for o in proto.graph.output] == [o.name for o in custom.graph.output]
+
+
+@pytest.mark.slow
+def test_graphs_run_on_the_onnx_reference_evaluator(vit_dir, vit_export, translator_dir, translator_export):
+    """Portable graphs as they are; custom-node graphs through their function bodies (with the Softmax
+    correction of exporters/onnx/reference.py for the evaluator's linked-attribute limitation)."""
+    from exporters.onnx.portable import portable_filename
+    from exporters.onnx.reference import ReferenceSession
+
+    for export_dir, inputs in _exports(vit_dir, vit_export, translator_dir, translator_export):
+        for filename, feeds in inputs.items():
+            for graph in (portable_filename(filename), filename):
+                _assert_close_to_onnxruntime(export_dir, filename, feeds, lambda: ReferenceSession(export_dir / graph))
+
+
+@pytest.mark.slow
+def test_portable_graphs_run_on_openvino(vit_dir, vit_export, translator_dir, translator_export):
+    pytest.importorskip("openvino", reason="OpenVINO is in the dev extra; without it this check cannot run")
+    from exporters.onnx.openvino_session import OpenVINOSession
+    from exporters.onnx.portable import portable_filename
+
+    for export_dir, inputs in _exports(vit_dir, vit_export, translator_dir, translator_export):
+        for filename, feeds in inputs.items():
+            graph = export_dir / portable_filename(filename)
+            _assert_close_to_onnxruntime(export_dir, filename, feeds, lambda: OpenVINOSession(graph))
+
+
+@pytest.mark.slow
+def test_no_portable_export_writes_the_custom_node_graphs_only(vit_dir, tmp_path):
+    export_onnx(vit_dir, tmp_path / "lean", ExportOptions(portable=False))
+    manifest = json.loads((tmp_path / "lean" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.onnx", "explain.onnx", "config.json", "labels.txt"}
+    assert manifest["options"]["portable"] is False and manifest["graphs"]["model.onnx"]["portable"] is None

@@ -80,6 +80,7 @@ def test_parity_digits_passes(digits_export, tmp_path):
     for row in report["pairs"]:
         assert row["pair"] == ["torch", "onnxruntime"]
         assert row["metrics"]["logits_max_abs"] < 1e-4 and row["metrics"]["probs_max_abs"] < 1e-5
+        assert 0 < row["metrics"]["logits_float32_error"] < 1e-4  # torch float32 vs float64, well conditioned
         assert row["metrics"]["top1_agreement"] == 1.0
     accuracies = {(r["backend"], r["batch_size"]): r["metrics"]["accuracy"] for r in report["references"]}
     assert len(set(accuracies.values())) == 1 and next(iter(accuracies.values())) > 0.9
@@ -100,6 +101,21 @@ def test_parity_numbers_passes(numbers_export, tmp_path):
             assert row["metrics"]["greedy_exact_match"] == 1.0 and row["metrics"]["beam_exact_match"] == 1.0
     refs = [r for r in report["references"] if r["backend"] == "onnxruntime"]
     assert refs and all(r["metrics"]["greedy_exact_match"] > 0.5 for r in refs)
+
+
+@pytest.mark.slow
+def test_parity_on_the_reference_evaluator_and_openvino(digits_export, tmp_path):
+    """The custom-node graphs on onnx.reference (function bodies) and the portable graphs on OpenVINO
+    agree with torch and onnxruntime on held-out and random digits."""
+    pytest.importorskip("openvino", reason="OpenVINO is in the dev extra; without it this check cannot run")
+    code, report, output = _parity(
+        [str(DIGITS), "--onnx", str(digits_export), "--backends", "torch,onnxruntime,onnx-reference,openvino",
+         "--batch-sizes", "4", "--samples", "8", "--require-all"], tmp_path)
+    assert code == 0, output
+    assert set(report["backends"]) == {"torch", "onnxruntime", "onnx-reference", "openvino"}
+    assert len(report["pairs"]) == 2 * 6  # held-out and random, every pair of the four
+    for row in report["pairs"]:
+        assert row["metrics"]["probs_max_abs"] < 1e-5 and row["metrics"]["top1_agreement"] == 1.0
 
 
 @pytest.mark.slow
@@ -178,6 +194,25 @@ def test_parity_input_errors(tmp_path):
         assert isinstance(unknown.exception, UserError) and "unknown backend 'nope'" in str(unknown.exception)
         sizes = runner.invoke(app, ["parity", str(DIGITS), "--batch-sizes", "a,b"])
         assert isinstance(sizes.exception, UserError)
+
+
+def test_pairs_are_allowed_float32s_own_error_and_no_more():
+    """The rule behind every compared value: |a - b| <= atol + rtol*|b| + 4 * e32, e32 = torch float32's
+    max error against float64 on the same inputs (sharp models: two correct float32 runs differ more
+    than atol, by about e32)."""
+    from exporters.parity import Errors
+
+    tol = Tolerance(1e-4, 0.0)
+    b = np.zeros(8)
+    a = b + 3e-4
+    strict, lenient, too_far = Errors(), Errors(), Errors()
+    strict.update(a, b, tol)  # no float32 error measured: atol alone decides
+    lenient.update(a, b, tol, float32_error=1e-4)  # 3e-4 <= 1e-4 + 4 * 1e-4
+    too_far.update(a + 3e-4, b, tol, float32_error=1e-4)  # 6e-4 > 5e-4
+    assert (strict.violations, lenient.violations, too_far.violations) == (8, 0, 8)
+    nan = Errors()
+    nan.update(np.array([np.nan]), np.array([0.0]), tol, float32_error=1.0)  # NaN on one side never passes
+    assert nan.violations == 1
 
 
 def test_tolerances_parse_per_dtype():

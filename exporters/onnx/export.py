@@ -3,6 +3,9 @@
     OUT_DIR/
       model.onnx, explain.onnx                      (image-classification)
       encoder.onnx, cross_kv.onnx, decoder.onnx     (translation)
+      portable/*.onnx                               the same graphs with the MultiMax bodies inlined
+                                                    (standard ops only: OpenVINO, onnx.reference, ...);
+                                                    left out with ExportOptions(portable=False)
       config.json                                   copied from the model directory
       tokenizer.json / labels.txt                   the vocabulary / class names, beside the graphs
       README.md                                     the model card, when there is one
@@ -31,7 +34,15 @@ from .configs import onnx_configs_for
 from .convert import DEFAULT_OPSET, MIN_OPSET, convert_module, to_proto
 from .functions import remove_functions
 from .manifest import exporter_versions, is_current, write_export_manifest
-from .validate import DEFAULT_ATOL, ExportValidationError, check_model, modulator_ops_feeding_multimax, validate_outputs
+from .portable import inline_multimax, portable_filename
+from .validate import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    ExportValidationError,
+    check_model,
+    modulator_ops_feeding_multimax,
+    validate_outputs,
+)
 
 __all__ = ["ExportOptions", "GraphReport", "ExportResult", "export_onnx", "LABELS_NAME"]
 
@@ -44,6 +55,7 @@ class ExportOptions:
 
     opset: int = DEFAULT_OPSET
     function_body: bool = True
+    portable: bool = True
 
     def __post_init__(self) -> None:
         if self.opset < MIN_OPSET:
@@ -56,7 +68,14 @@ class GraphReport:
     multimax_nodes: int
     inputs: list[str]
     outputs: list[str]
-    validation_max_abs_err: dict[str, float] = field(default_factory=dict)
+    portable: str | None = None
+    """File name of the inlined, standard-ops copy (None when exported with portable=False)."""
+    validation: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """{graph file: {output: max abs errors onnx_vs_float64, torch_vs_float64, onnx_vs_torch}}."""
+
+    def worst(self, key: str) -> float:
+        """The largest recorded error of one kind over every validated graph and output."""
+        return max((errs[key] for outputs in self.validation.values() for errs in outputs.values()), default=0.0)
 
 
 @dataclass
@@ -117,8 +136,8 @@ def _publish(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _export_graph(graph_config, staging: Path, options: ExportOptions, name: str, validate: bool, atol: float,
-                  say: Callable[[str], None]) -> tuple[GraphReport, int]:
+def _export_graph(graph_config, staging: Path, options: ExportOptions, name: str, validate: bool,
+                  tolerance: tuple[float, float], say: Callable[[str], None]) -> tuple[GraphReport, int]:
     """Convert, check and save one graph; returns its report and IR version."""
     path = staging / graph_config.filename
     say(f"{graph_config.filename}: tracing and converting")
@@ -133,11 +152,22 @@ def _export_graph(graph_config, staging: Path, options: ExportOptions, name: str
     if chains:
         raise ExportValidationError(f"{path}: modulator ops feed a MultiMax node: {chains[:3]}")
     report = GraphReport(graph_config.filename, converted.multimax_count, spec.input_names, spec.output_names)
+    graphs = {graph_config.filename: with_bodies}
+    if options.portable:
+        report.portable = portable_filename(graph_config.filename)
+        portable = inline_multimax(with_bodies)
+        check_model(portable, staging / report.portable)
+        graphs[report.portable] = portable
     if validate:
         # A body-less export is validated with the bodies attached: everything but the missing kernel
         # is checked here; the kernel itself is checked by the plugin runtime's own parity run.
-        say(f"{graph_config.filename}: onnxruntime vs torch")
-        report.validation_max_abs_err = validate_outputs(graph_config, with_bodies, path, atol=atol)
+        say(f"{graph_config.filename}: onnxruntime vs torch float32 and float64")
+        atol, rtol = tolerance
+        checked = validate_outputs(graph_config, graphs, path, atol=atol, rtol=rtol)
+        report.validation = {f: {o: e.as_dict() for o, e in outputs.items()} for f, outputs in checked.items()}
+    if options.portable:
+        (staging / report.portable).parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(graphs[report.portable], str(staging / report.portable))
     final = with_bodies
     if not options.function_body:
         remove_functions(converted.model)
@@ -155,9 +185,16 @@ def export_onnx(
     skip_if_current: bool = False,
     validate: bool = True,
     atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
     progress: Optional[Callable[[str], None]] = None,
 ) -> ExportResult:
-    """Export every graph of the model's task; see the module docstring for the layout."""
+    """Export every graph of the model's task; see the module docstring for the layout.
+
+    `atol`/`rtol` bound each output's distance from a float64 run of the torch module beyond the error
+    torch float32 itself makes there (exporters/onnx/validate.py); they are not export options (the
+    bytes do not depend on them), so --skip-if-current ignores them."""
+    if atol < 0 or rtol < 0:
+        raise ValueError(f"tolerances must be >= 0 (atol {atol}, rtol {rtol})")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     say = progress or (lambda _msg: None)
     config = read_config(model_dir)
@@ -177,7 +214,7 @@ def export_onnx(
     ir_version = None
     try:
         for graph_config in configs:
-            report, ir_version = _export_graph(graph_config, staging, options, config.name, validate, atol, say)
+            report, ir_version = _export_graph(graph_config, staging, options, config.name, validate, (atol, rtol), say)
             reports.append(report)
         _side_files(model_dir, config, staging)
         write_export_manifest(
@@ -206,14 +243,20 @@ def export_for_cli(
     *,
     opset: Optional[int] = None,
     function_body: bool = True,
+    portable: bool = True,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
     skip_if_current: bool = False,
     progress: Optional[Callable[[str], None]] = None,
 ) -> ExportResult:
     """The `mmserve export --format onnx` entry point (see exporters/formats.py)."""
-    try:
-        options = ExportOptions(opset=opset or DEFAULT_OPSET, function_body=function_body)
-    except ValueError as exc:
-        from mmserve.errors import UserError
+    from mmserve.errors import UserError
 
+    if atol < 0 or rtol < 0:
+        raise UserError(f"--atol/--rtol must be >= 0, got atol {atol:g}, rtol {rtol:g}")
+    try:
+        options = ExportOptions(opset=opset or DEFAULT_OPSET, function_body=function_body, portable=portable)
+    except ValueError as exc:
         raise UserError(str(exc)) from exc
-    return export_onnx(model_dir, out_dir, options, skip_if_current=skip_if_current, progress=progress)
+    return export_onnx(model_dir, out_dir, options, skip_if_current=skip_if_current, atol=atol, rtol=rtol,
+                       progress=progress)

@@ -5,10 +5,13 @@ Reuses `mmserve.checkpoints.write_manifest` (sha256 of every file) and adds:
     format, format_version     "mmserve-onnx", 1
     task, name                 from the source config.json
     opset, ir_version          of the graphs
-    options                    the export options that change the files (opset, function body, body kind)
+    options                    the export options that change the files (opset, function body, portable)
     exporter                   versions of mmserve, torch, onnx, onnxscript, onnx-ir, onnxruntime
     source                     the source directory, its weights' and config's sha256
-    graphs                     per graph: inputs, outputs, MultiMax node count, validation errors
+    graphs                     per graph: inputs, outputs, MultiMax node count, `portable` (the file
+                               name of its inlined copy, or null) and `validation`: per graph file
+                               (custom-node and portable) and output, the max abs errors the export
+                               check measured (onnx_vs_float64, torch_vs_float64, onnx_vs_torch)
 
 `is_current` is what `--skip-if-current` asks: same weights and config, same options, same exporter
 versions, and every file still matches its hash.

@@ -18,6 +18,19 @@ def export(
         help="leave out the MultiMax function bodies (for runtimes with a MultiMax plugin kernel, e.g. TensorRT); "
         "stock onnxruntime cannot run such a graph",
     ),
+    portable: bool = typer.Option(
+        True, "--portable/--no-portable",
+        help="onnx: also write portable/GRAPH.onnx per graph, the MultiMax bodies inlined into standard ops, for "
+        "runtimes without the mmserve domain (OpenVINO, onnx.reference, converters); --no-portable saves the "
+        "disk space (each copy holds the weights again)",
+    ),
+    atol: Optional[float] = typer.Option(
+        None, "--atol", help="onnx: absolute tolerance of the export check (default 1e-4), on top of torch float32's "
+        "own error against a float64 run (see README, 'ONNX export and parity')",
+    ),
+    rtol: Optional[float] = typer.Option(
+        None, "--rtol", help="onnx: relative tolerance of the export check (default 1e-4, times |float64 output|)",
+    ),
     skip_if_current: bool = typer.Option(
         False, "--skip-if-current",
         help="do nothing when OUT's manifest says it was exported from the same weights and config with the "
@@ -29,7 +42,10 @@ def export(
     ),
     workspace_mib: int = typer.Option(1024, "--workspace-mib", help="tensorrt: builder workspace limit in MiB"),
 ) -> None:
-    """Export MODEL_DIR; every MultiMax becomes one mmserve.MultiMax node (see DESIGN.md)."""
+    """Export MODEL_DIR; every MultiMax becomes one mmserve.MultiMax node.
+
+    The op, its attributes, the portable copies and the export check: README.md, "ONNX export and parity".
+    """
     from rich.console import Console
 
     from exporters.formats import resolve_format
@@ -40,12 +56,19 @@ def export(
                   progress=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False))
     if format == "tensorrt":
         kwargs.update(precision=precision, batch=batch, workspace_mib=workspace_mib)
+    elif format == "onnx":
+        kwargs.update(portable=portable)
+        kwargs.update({name: value for name, value in (("atol", atol), ("rtol", rtol)) if value is not None})
     result = exporter(model_dir, out, **kwargs)
     if result.skipped:
         typer.echo(f"{out}: {result.reason}; skipped")
         return
     for graph in result.graphs:
-        errors = getattr(graph, "validation_max_abs_err", {}) or {}
-        worst = f", onnxruntime vs torch max abs err {max(errors.values()):.2e}" if errors else ""
-        typer.echo(f"{out / graph.filename}: {graph.multimax_nodes} mmserve.MultiMax nodes{worst}")
+        checked = ""
+        if getattr(graph, "validation", None):
+            checked = (f", max abs err vs float64: onnxruntime {graph.worst('onnx_vs_float64'):.2e}, "
+                       f"torch float32 {graph.worst('torch_vs_float64'):.2e}")
+        typer.echo(f"{out / graph.filename}: {graph.multimax_nodes} mmserve.MultiMax nodes{checked}")
+        if getattr(graph, "portable", None):
+            typer.echo(f"{out / graph.portable}: the same graph, standard ONNX ops only")
     typer.echo(f"wrote {out} (manifest.json lists every file's sha256)")
