@@ -129,11 +129,21 @@ class FairseqCheckpoint:
 
 
 def _plain(value: Any) -> dict[str, Any]:
+    """Model settings as one flat dict with fairseq's legacy names.
+
+    A dataclass config (`TransformerConfig`, saved by `OmegaConf.to_container`) nests the per-stack
+    settings (`encoder: {embed_dim, layers, ...}`); flattened they are the legacy `encoder_embed_dim`,
+    `encoder_layers`, ... that `--arch` models store in their Namespace.
+    """
     if isinstance(value, argparse.Namespace):
         return dict(vars(value))
-    if isinstance(value, dict):
-        return dict(value)
-    return {}
+    if not isinstance(value, dict):
+        return {}
+    flat = {k: v for k, v in value.items() if not (k in ("encoder", "decoder") and isinstance(v, dict))}
+    for side in ("encoder", "decoder"):
+        if isinstance(value.get(side), dict):
+            flat.update({f"{side}_{k}": v for k, v in value[side].items()})
+    return flat
 
 
 def read_fairseq_checkpoint(path: Path | str) -> FairseqCheckpoint:
@@ -215,6 +225,11 @@ def fairseq_translator_config(
     dec_norm = "pre" if _setting(args, "decoder_normalize_before") else "post"
     if placement == "fairseq-generate-bt" and enc_norm == "pre":
         raise CheckpointError(path, "placement fairseq-generate-bt applies to post-norm encoders only (fairseq uses no fast path for pre-norm ones)")
+    needed = ["encoder_embed_dim", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+              "encoder_ffn_embed_dim", "decoder_ffn_embed_dim"]
+    absent = [k for k in needed if args.get(k) is None]
+    if absent:
+        raise CheckpointError(path, f"model settings lack {', '.join(absent)}")
     layers = (int(args["encoder_layers"]), int(args["decoder_layers"]))
 
     # MultiMax: which modules carry ranges/ts, and which of those the placement switches on.
@@ -274,8 +289,6 @@ def fairseq_translator_config(
         )
     except ValueError as exc:
         raise CheckpointError(path, f"settings give an invalid architecture: {exc}") from exc
-    except KeyError as exc:
-        raise CheckpointError(path, f"model settings lack {exc.args[0]!r}") from exc
 
 
 def map_fairseq_state_dict(ckpt: FairseqCheckpoint, config: TranslatorConfig) -> dict[str, torch.Tensor]:
