@@ -236,3 +236,60 @@ def test_wrong_dictionary_and_missing_key_are_refused(tmp_path) -> None:
     save_fairseq_checkpoint(tmp_path / "c.pt", args, sd)
     with pytest.raises(CheckpointError, match="decoder.layers.1.ffn.fc2.bias"):
         import_official_fairseq(ckpt, tmp_path / "out", src, tgt)
+
+
+# ------------------------------------------------------------------------- ONNX export + parity
+
+
+@pytest.fixture(scope="module")
+def exported(imported, tmp_path_factory):
+    from exporters.onnx import export_onnx
+
+    cache = {}
+
+    def get(case: str):
+        if case not in cache:
+            model_dir, _, _ = imported(case)
+            out = tmp_path_factory.mktemp("onnx") / case
+            export_onnx(model_dir, out)
+            cache[case] = out
+        return cache[case]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["postnorm-sinusoidal-sharedec", "prenorm-learned-shareall"])
+def test_onnxruntime_greedy_is_token_identical_and_beam_matches_torch(imported, exported, case: str) -> None:
+    import onnx
+
+    from exporters.onnx import OnnxSeq2SeqStepper
+
+    model_dir, sd, args = imported(case)
+    export_dir = exported(case)
+    nodes = [n for n in onnx.load(export_dir / "encoder.onnx").graph.node if n.domain == "mmserve"]
+    assert [n.op_type for n in nodes] == ["MultiMax"] * args.encoder_layers  # training placement: encoder modulated
+    stepper = OnnxSeq2SeqStepper(export_dir)
+    ref = _reference(sd, args, "training")
+    sources = _sources(load_model_dir(model_dir).model.config.src_vocab_size, seed=3)
+    assert _greedy_mmserve(stepper, export_dir, sources) == [ref.greedy(s, max_len_b=MAX_LEN_B) for s in sources]
+    gen = load_tokenizer(export_dir).generation
+    ids, pad = pad_sources(sources, gen.pad_id)
+    common = (gen.bos_id, gen.eos_id, gen.pad_id, gen.max_length)
+    kwargs = dict(beam_size=5, alpha=gen.length_penalty, rules=search_rules(gen))
+    torch_beam = beam_search(load_model_dir(model_dir).model, ids, pad, *common, **kwargs)
+    onnx_beam = beam_search(stepper, ids, pad, *common, **kwargs)
+    assert [b[0].tokens for b in torch_beam] == [b[0].tokens for b in onnx_beam]
+
+
+@pytest.mark.slow
+def test_parity_cli_passes_on_an_imported_model(imported, exported) -> None:
+    from typer.testing import CliRunner
+
+    from mmserve.cli import app
+
+    model_dir, _, _ = imported("postnorm-sinusoidal-sharedec")
+    result = CliRunner().invoke(app, ["parity", str(model_dir), "--onnx", str(exported("postnorm-sinusoidal-sharedec")),
+                                      "--batch-sizes", "1,3"])
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output
