@@ -59,7 +59,8 @@ class FairseqDictionary:
     def __init__(self, symbols: Sequence[str], indices: dict[str, int]) -> None:
         self.symbols = list(symbols)
         self.indices = dict(indices)
-        self.bos, self.pad, self.eos, self.unk = (self.indices[w] for w in (BOS_WORD, PAD_WORD, EOS_WORD, UNK_WORD))
+        # Fixed at 0-3 as fairseq stores them at construction, even if the file overwrites a special word.
+        self.bos, self.pad, self.eos, self.unk = 0, 1, 2, 3
 
     def __len__(self) -> int:
         return len(self.symbols)
