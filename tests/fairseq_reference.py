@@ -322,3 +322,43 @@ class ReferenceTranslator:
             if token == EOS:
                 break
         return tokens[1:]
+
+    def _adjusted_lprobs(self, prefix, memory, step, max_len, min_len, unk_penalty):
+        lprobs = torch.log_softmax(self.decoder_logits(prefix, memory)[-1], dim=-1)
+        lprobs[PAD] = float("-inf")
+        lprobs[UNK] -= unk_penalty
+        if step >= max_len:
+            keep = lprobs[EOS].clone()
+            lprobs[:] = float("-inf")
+            lprobs[EOS] = keep
+        if step < min_len:
+            lprobs[EOS] = float("-inf")
+        return lprobs
+
+    def beam(self, src: list[int], beam_size: int = 5, lenpen: float = 1.0, max_len_a: float = 0.0,
+             max_len_b: int = 200, min_len: int = 1, unk_penalty: float = 0.0) -> tuple[list[int], float]:
+        """SequenceGenerator + search.BeamSearch for one sentence: best (tokens, normalised score).
+
+        Per step: the 2K best (beam, token) of cumulative scores (only beam 0 at step 0); EOS among
+        the first K with a finite score is finalised with score / (step + 1) ** lenpen while fewer than
+        K are; the sentence ends when K are; the first K other candidates stay live."""
+        memory = self.encode(src)
+        max_len = min(int(max_len_a * len(src) + max_len_b), self.args.max_target_positions - 1)
+        live = [([EOS], 0.0)]
+        finalized: list[tuple[list[int], float]] = []
+        for step in range(max_len + 1):
+            rows = torch.stack([score + self._adjusted_lprobs(toks, memory, step, max_len, min_len, unk_penalty)
+                                for toks, score in live])  # [beams, V]
+            vocab = rows.shape[1]
+            flat = rows.reshape(-1)
+            top, index = flat.topk(min(2 * beam_size, flat.numel() - 1))
+            beams, tokens = (index // vocab).tolist(), (index % vocab).tolist()
+            scores = top.tolist()
+            for rank in range(beam_size):
+                if tokens[rank] == EOS and scores[rank] != float("-inf") and len(finalized) < beam_size:
+                    finalized.append((live[beams[rank]][0][1:] + [EOS], scores[rank] / (step + 1) ** lenpen))
+            if len(finalized) == beam_size:
+                break
+            active = [r for r in range(len(tokens)) if not (tokens[r] == EOS and scores[r] != float("-inf"))]
+            live = [(live[beams[r]][0] + [tokens[r]], scores[r]) for r in active[:beam_size]]
+        return sorted(finalized, key=lambda f: f[1], reverse=True)[0]

@@ -293,3 +293,19 @@ def test_parity_cli_passes_on_an_imported_model(imported, exported) -> None:
                                       "--batch-sizes", "1,3"])
     assert result.exit_code == 0, result.output
     assert "PASSED" in result.output
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_beam_search_equals_fairseq_beam_search(imported, case: str) -> None:
+    model_dir, sd, args = imported(case)
+    model = load_model_dir(model_dir).model
+    gen = load_tokenizer(model_dir).generation
+    ref = _reference(sd, args, "training")
+    sources = _sources(model.config.src_vocab_size, seed=4)
+    ids, pad = pad_sources(sources, gen.pad_id)
+    got = beam_search(model, ids, pad, gen.bos_id, gen.eos_id, gen.pad_id, gen.max_length, beam_size=5,
+                      alpha=gen.length_penalty, rules=search_rules(gen))
+    for src, hyps in zip(sources, got):
+        tokens, score = ref.beam(src, beam_size=5, lenpen=1.0, max_len_b=MAX_LEN_B)
+        assert hyps[0].tokens == tokens
+        assert hyps[0].score == pytest.approx(score, abs=1e-4)
