@@ -441,7 +441,9 @@ def _kept(key: str, mapped: dict[str, torch.Tensor]) -> bool:
 
 
 def _card(dir_config: ModelDirConfig, config: TranslatorConfig, settings, record: dict[str, Any]) -> str:
-    gen = dir_config.generation
+    from mmserve.tasks.translation import GenerationConfig
+
+    gen = GenerationConfig.model_validate(dir_config.generation)
     fns = (
         f"encoder self-attention {config.encoder_fn}, decoder self-attention {config.decoder_self_fn}, "
         f"cross-attention {config.cross_fn}, output layer {config.head_fn}"
@@ -460,7 +462,7 @@ Imported from the fairseq checkpoint `{record['file']}` (sha256 `{record['sha256
   {record['unused_multimax_keys']} saved ranges/ts tensors are not used under this placement.
 - Text: tokenizer {settings.tokenizer}, BPE {settings.bpe}, languages {settings.source_lang} -> {settings.target_lang}
   (fairseq-interactive's pipeline; unknown pieces become <unk>).
-- Decoding defaults (fairseq-generate's rules): beam {gen['beam_size']}, lenpen {gen['length_penalty']},
-  max_len_a {gen['max_len_a']}, max_len_b {gen['max_len_b']}, min_len {gen['min_length']}, unkpen {gen['unk_penalty']}.
+- Decoding defaults (fairseq-generate's rules): beam {gen.beam_size}, lenpen {gen.length_penalty},
+  max_len_a {gen.max_len_a}, max_len_b {gen.max_len_b}, min_len {gen.min_length}, unkpen {gen.unk_penalty}.
 """
 

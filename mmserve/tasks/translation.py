@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Optional, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from mmserve.errors import UserError
 
@@ -98,6 +98,16 @@ class GenerationConfig(BaseModel):
         "otherwise turn 'hello world' into a confident-looking number instead of saying it cannot",
     )
 
+    @model_serializer(mode="wrap")
+    def _omit_default_search_settings(self, handler):
+        """The fairseq-only settings are written only when set, so a config.json written before they
+        existed (the bundled translator's) reads back and dumps to exactly what it holds."""
+        data = handler(self)
+        for name in _SEARCH_FIELDS:
+            if name in data and data[name] == type(self).model_fields[name].default:
+                del data[name]
+        return data
+
     def max_length_for(self, source_tokens: int) -> int:
         """Default max_length (tokens, EOS included) for a source of that many tokens (EOS included)."""
         if self.max_len_b is None:
@@ -109,6 +119,8 @@ class GenerationConfig(BaseModel):
         """`source_words` as a set, built once per model rather than once per request."""
         return None if self.source_words is None else frozenset(self.source_words)
 
+
+_SEARCH_FIELDS = ("search", "min_length", "unk_penalty", "max_len_a", "max_len_b")
 
 # ------------------------------------------------------------------------------------ normalisation
 
