@@ -167,7 +167,7 @@ class FairseqTextPipeline:
         if self.settings.bpe == "subword-nmt":
             line = self._bpe.process_line(line)
         elif self.settings.bpe == "sentencepiece":
-            line = " ".join(self._bpe.EncodeAsPieces(line))
+            line = " ".join(self._bpe.Encode(line, out_type=str))  # fairseq: no sampling
         return self.source.encode_line(line)
 
     def decode(self, ids: Sequence[int]) -> str:
