@@ -309,3 +309,13 @@ def test_beam_search_equals_fairseq_beam_search(imported, case: str) -> None:
         tokens, score = ref.beam(src, beam_size=5, lenpen=1.0, max_len_b=MAX_LEN_B)
         assert hyps[0].tokens == tokens
         assert hyps[0].score == pytest.approx(score, abs=1e-4)
+
+
+def test_share_all_embeddings_needs_one_joined_dictionary(tmp_path) -> None:
+    args = CASES["prenorm-learned-shareall"]["args"]
+    sd = make_state_dict(args, 34, 34, seed=0)
+    ckpt = save_fairseq_checkpoint(tmp_path / "c.pt", args, sd)
+    joint = write_dictionary(tmp_path / "joint.txt", JOINT_WORDS)
+    other = write_dictionary(tmp_path / "other.txt", list(reversed(JOINT_WORDS)))
+    with pytest.raises(CheckpointError, match="joined dictionary"):
+        import_official_fairseq(ckpt, tmp_path / "out", joint, other)

@@ -386,6 +386,11 @@ def import_official_fairseq(
     if (bpe == "none") != (bpe_path is None):
         raise CheckpointError(bpe_path or Path(src), f"--bpe {bpe} {'takes no' if bpe == 'none' else 'needs a'} BPE file")
     config = fairseq_translator_config(ckpt, placement, len(src_dict), len(tgt_dict))
+    if config.tie_embeddings == "all" and src_dict.symbols != tgt_dict.symbols:
+        raise CheckpointError(
+            Path(target_dict), "differs from the source dictionary, but the model shares all embeddings "
+            "(--share-all-embeddings needs one joined dictionary, as fairseq requires)",
+        )
     for side, dictionary, key in (("source", src_dict, "encoder.embed_tokens.weight"),
                                   ("target", tgt_dict, "decoder.embed_tokens.weight")):
         rows = ckpt.state.get(key)
