@@ -152,7 +152,9 @@ def read_fairseq_checkpoint(path: Path | str) -> FairseqCheckpoint:
     obj = safe_torch_load(path, [argparse.Namespace], "a fairseq checkpoint (checkpoint_best.pt)")
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         kind = type(obj).__name__ if not isinstance(obj, dict) else f"dict with keys {list(obj)[:6]}"
-        raise CheckpointError(path, f"not a fairseq checkpoint: expected a dict with a 'model' state dict, got a {kind}")
+        raise CheckpointError(
+            path, f"not a fairseq checkpoint: expected a dict with a 'model' state dict, got a {kind}"
+        )
     state = obj["model"]
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
@@ -185,7 +187,8 @@ def _order_of(path: Path, state: dict[str, torch.Tensor], prefix: str) -> Option
         raise CheckpointError(path, f"has only one of {prefix}ranges / {prefix}ts")
     if ranges.dim() != 1 or ranges.shape != ts.shape or ranges.numel() % 2:
         raise CheckpointError(
-            path, f"{prefix}ranges/ts have shapes {tuple(ranges.shape)}/{tuple(ts.shape)}: expected 2N scalars each"
+            path,
+            f"{prefix}ranges/ts have shapes {tuple(ranges.shape)}/{tuple(ts.shape)}: expected 2N scalars each",
         )
     return ranges.numel() // 2
 
@@ -196,22 +199,29 @@ def fairseq_translator_config(
     """The mmserve TranslatorConfig of a fairseq transformer checkpoint under a MultiMax placement."""
     path, args, state = ckpt.path, ckpt.args, ckpt.state
     arch = str(args.get("arch") or args.get("_name") or "")
-    if not arch.startswith("transformer") or arch.startswith("transformer_lm") or arch.startswith("transformer_align"):
+    if not arch.startswith("transformer") or arch.startswith(("transformer_lm", "transformer_align")):
         raise CheckpointError(
-            path, f"architecture {arch or '(none recorded)'!r} is not fairseq's encoder-decoder 'transformer' family"
+            path,
+            f"architecture {arch or '(none recorded)'!r} is not fairseq's encoder-decoder 'transformer' family",
         )
     for key, what in _UNSUPPORTED.items():
         if _setting(args, key):
-            raise CheckpointError(path, f"uses {what} (setting {key}={args[key]!r}): not supported by the importer")
+            raise CheckpointError(
+                path, f"uses {what} (setting {key}={args[key]!r}): not supported by the importer"
+            )
     dims = {k: args.get(k) for k in ("encoder_embed_dim", "decoder_embed_dim")}
     for key in ("decoder_input_dim", "decoder_output_dim"):
         if args.get(key) not in (None, dims["decoder_embed_dim"]):
-            raise CheckpointError(path, f"{key}={args[key]} differs from decoder_embed_dim: projections between widths are not supported")
+            raise CheckpointError(
+                path, f"{key}={args[key]} differs from decoder_embed_dim: projections between widths are not supported"
+            )
     if dims["encoder_embed_dim"] != dims["decoder_embed_dim"]:
         raise CheckpointError(path, f"encoder and decoder widths differ ({dims}): not supported")
     heads = (args.get("encoder_attention_heads"), args.get("decoder_attention_heads"))
     if heads[0] != heads[1]:
-        raise CheckpointError(path, f"encoder/decoder attention heads differ {heads}: not supported (one KV-cache layout)")
+        raise CheckpointError(
+            path, f"encoder/decoder attention heads differ {heads}: not supported (one KV-cache layout)"
+        )
     activation = _setting(args, "activation_fn")
     if activation not in ("relu", "gelu"):
         raise CheckpointError(path, f"activation_fn={activation!r}: only relu and gelu are supported")
@@ -220,11 +230,18 @@ def fairseq_translator_config(
         raise CheckpointError(path, f"encoder_learned_pos/decoder_learned_pos differ {learned}: not supported")
     max_src, max_tgt = int(_setting(args, "max_source_positions")), int(_setting(args, "max_target_positions"))
     if learned[0] and max_src != max_tgt:
-        raise CheckpointError(path, f"learned positions with max_source_positions {max_src} != max_target_positions {max_tgt}: not supported")
+        raise CheckpointError(
+            path,
+            f"learned positions with max_source_positions {max_src} != max_target_positions {max_tgt}: not supported",
+        )
     enc_norm = "pre" if _setting(args, "encoder_normalize_before") else "post"
     dec_norm = "pre" if _setting(args, "decoder_normalize_before") else "post"
     if placement == "fairseq-generate-bt" and enc_norm == "pre":
-        raise CheckpointError(path, "placement fairseq-generate-bt applies to post-norm encoders only (fairseq uses no fast path for pre-norm ones)")
+        raise CheckpointError(
+            path,
+            "placement fairseq-generate-bt applies to post-norm encoders only "
+            "(fairseq uses no fast path for pre-norm ones)",
+        )
     needed = ["encoder_embed_dim", "encoder_layers", "decoder_layers", "encoder_attention_heads",
               "encoder_ffn_embed_dim", "decoder_ffn_embed_dim"]
     absent = [k for k in needed if args.get(k) is None]
@@ -247,7 +264,9 @@ def fairseq_translator_config(
             continue
         missing = [p for p, o in zip(prefixes, found) if o is None]
         if missing and PLACEMENTS[placement][kind]:
-            raise CheckpointError(path, f"missing MultiMax parameters {missing[0]}ranges/ts (other {kind} layers have them)")
+            raise CheckpointError(
+                path, f"missing MultiMax parameters {missing[0]}ranges/ts (other {kind} layers have them)"
+            )
         orders.update({p: o for p, o in zip(prefixes, found) if o is not None})
         fns[kind] = "multimax" if PLACEMENTS[placement][kind] else "softmax"
     head_order = _order_of(path, state, "decoder.")
@@ -313,7 +332,9 @@ def map_fairseq_state_dict(ckpt: FairseqCheckpoint, config: TranslatorConfig) ->
     if config.tie_embeddings == "all" and "encoder.embed.embed_tokens.weight" in out:
         enc, dec = out["encoder.embed.embed_tokens.weight"], out.get("decoder.embed.embed_tokens.weight")
         if dec is not None and (enc.shape != dec.shape or not torch.equal(enc, dec)):
-            raise CheckpointError(ckpt.path, "share_all_embeddings is set but encoder and decoder embeddings differ")
+            raise CheckpointError(
+                ckpt.path, "share_all_embeddings is set but encoder and decoder embeddings differ"
+            )
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -376,15 +397,20 @@ def import_official_fairseq(
     from mmserve.tasks.translation import GenerationConfig
 
     if placement not in PLACEMENTS:
-        raise CheckpointError(Path(src), f"unknown MultiMax placement {placement!r} (known: {sorted(PLACEMENTS)})")
+        raise CheckpointError(
+            Path(src), f"unknown MultiMax placement {placement!r} (known: {sorted(PLACEMENTS)})"
+        )
     ckpt = read_fairseq_checkpoint(src)
     src_dict, tgt_dict = FairseqDictionary.load(source_dict), FairseqDictionary.load(target_dict)
     source_lang = source_lang or ckpt.task.get("source_lang") or "en"
     target_lang = target_lang or ckpt.task.get("target_lang") or "en"
-    settings = FairseqTextSettings(tokenizer=tokenizer, bpe=bpe, source_lang=source_lang, target_lang=target_lang)
+    settings = FairseqTextSettings(
+        tokenizer=tokenizer, bpe=bpe, source_lang=source_lang, target_lang=target_lang
+    )
     bpe_path = Path(bpe_file) if bpe_file else None
     if (bpe == "none") != (bpe_path is None):
-        raise CheckpointError(bpe_path or Path(src), f"--bpe {bpe} {'takes no' if bpe == 'none' else 'needs a'} BPE file")
+        need = "takes no" if bpe == "none" else "needs a"
+        raise CheckpointError(bpe_path or Path(src), f"--bpe {bpe} {need} BPE file")
     config = fairseq_translator_config(ckpt, placement, len(src_dict), len(tgt_dict))
     if config.tie_embeddings == "all" and src_dict.symbols != tgt_dict.symbols:
         raise CheckpointError(
@@ -397,7 +423,8 @@ def import_official_fairseq(
         if rows is not None and rows.shape[0] != len(dictionary):
             raise CheckpointError(
                 Path(source_dict if side == "source" else target_dict),
-                f"has {len(dictionary)} symbols (4 special + file) but the checkpoint's {key} has {rows.shape[0]} rows: "
+                f"has {len(dictionary)} symbols (4 special + file) but the checkpoint's {key} "
+                f"has {rows.shape[0]} rows: "
                 "not the dictionary this model was trained with",
             )
     model = MultiMaxTranslator(config)
@@ -436,7 +463,8 @@ def import_official_fairseq(
         generation=generation,
         source=record,
     )
-    return save_model_dir(out_dir, model, dir_config, side_files=side_files, card=_card(dir_config, config, settings, record))
+    card = _card(dir_config, config, settings, record)
+    return save_model_dir(out_dir, model, dir_config, side_files=side_files, card=card)
 
 
 def _kept(key: str, mapped: dict[str, torch.Tensor]) -> bool:
