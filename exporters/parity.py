@@ -352,14 +352,21 @@ def _batches(src_ids, src_pad, batch_size):
 
 
 def _decode(backend: ParityBackend, src_ids, src_pad, batch_size, gen) -> _Decoded:
-    from mmserve.models.decoding import beam_search, greedy_search
+    from mmserve.models.decoding import SearchRules, beam_search, greedy_search, search_rules
+    from mmserve.tasks.translation import GenerationConfig
 
     args = (gen["bos_id"], gen["eos_id"], gen["pad_id"], int(gen["max_length"]))
     alpha = float(gen.get("length_penalty", 0.6))
+    # The model's own scoring rules (fairseq-generate's for imported fairseq translators).
+    try:
+        rules = search_rules(GenerationConfig.model_validate(gen))
+    except ValueError:  # partial generation settings (no unk id, limits): the plain mmserve rules
+        rules = SearchRules()
     greedy, beam = [], []
     for ids, pad in _batches(src_ids, src_pad, batch_size):
-        greedy += [h.tokens for h in greedy_search(backend.stepper, ids, pad, *args, alpha=alpha)]
-        beams = beam_search(backend.stepper, ids, pad, *args, beam_size=int(gen.get("beam_size", 4)), alpha=alpha)
+        greedy += [h.tokens for h in greedy_search(backend.stepper, ids, pad, *args, alpha=alpha, rules=rules)]
+        beams = beam_search(backend.stepper, ids, pad, *args, beam_size=int(gen.get("beam_size", 4)), alpha=alpha,
+                            rules=rules)
         beam += [h[0].tokens if h else [] for h in beams]
     return _Decoded(greedy, beam)
 

@@ -35,7 +35,7 @@ from typing import Any, Optional
 
 import torch
 
-from mmserve.models.decoding import length_penalty
+from mmserve.models.decoding import SearchRules
 from mmserve.tasks.translation import pad_sources
 
 from .batching import BatchPolicy, BatchQueue, Item
@@ -101,8 +101,10 @@ class ContinuousBatcher(BatchQueue):
         max_batch_tokens: int,
         device: torch.device | str = "cpu",
         metrics: Optional[Metrics] = None,
+        rules: SearchRules = SearchRules(),
     ) -> None:
         super().__init__(name, policy, metrics)
+        self.rules = rules  # decoding.SearchRules: mmserve's or fairseq-generate's scoring
         self.stepper = stepper
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.alpha = alpha
@@ -283,6 +285,11 @@ class ContinuousBatcher(BatchQueue):
                 logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
                 if self.banned:
                     logp[:, self.banned] = NEG_INF
+                if self.rules.adjusts_log_probs:
+                    steps = [s.step for s in self.sentences for _ in range(s.k)]
+                    limits = [s.job.max_length for s in self.sentences for _ in range(s.k)]
+                    logp = self.rules.adjust(logp, self.eos_id, torch.tensor(steps, device=logp.device),
+                                             torch.tensor(limits, device=logp.device))
         except Exception:
             failed = [s.item for s in self.sentences]
             self._reset()
@@ -330,7 +337,7 @@ class ContinuousBatcher(BatchQueue):
         s.generated[0].append(token)
         s.step += 1
         if token == self.eos_id or s.step == s.job.max_length:
-            score = float(self.sums[row]) / length_penalty(float(s.step), self.alpha)
+            score = float(self.sums[row]) / self.rules.penalty(s.step, self.alpha)
             s.result = (s.generated[0], score)
             return True
         return False
@@ -346,7 +353,7 @@ class ContinuousBatcher(BatchQueue):
         top_beam = torch.div(top_index, vocab, rounding_mode="floor")
         top_token = top_index % vocab
         is_eos = top_token == eos
-        lp = length_penalty(float(step + 1), self.alpha)
+        lp = self.rules.penalty(step + 1, self.alpha)
         rank = torch.arange(width, device=logp.device).unsqueeze(0)
         closing = is_eos & (rank < k) & torch.isfinite(top_scores)
         history = torch.tensor(s.generated, dtype=torch.long, device=logp.device).view(1, k, step)
@@ -368,7 +375,8 @@ class ContinuousBatcher(BatchQueue):
         # Done: K closed hypotheses and no live beam (normalised at its current length) beating the
         # worst of them (decoding.beam_search's rule, Hugging Face's early_stopping=False).
         best_live = s.live_scores.max(dim=1).values / lp
-        finished = bool(((s.closed_scores > NEG_INF).sum(dim=1) >= k) & (best_live <= s.closed_scores[:, -1]))
+        full = (s.closed_scores > NEG_INF).sum(dim=1) >= k
+        finished = bool(full if self.rules.stop_when_beam_full else full & (best_live <= s.closed_scores[:, -1]))
         if step == max_length - 1:
             live = torch.tensor(s.generated, dtype=torch.long, device=logp.device).view(1, k, step + 1)
             self._close(s, s.live_scores / lp, self._padded(live, max_length), torch.full_like(beam, step + 1))

@@ -8,6 +8,7 @@ import math
 import sys
 from typing import Any, Optional, Sequence
 
+from mmserve.models.decoding import search_rules
 from mmserve.tasks.translation import SourceTextError, decode_ids, encode_sources
 
 from .backends import TranslatorBackend
@@ -45,7 +46,7 @@ class ServedTranslator:
         self.batcher = ContinuousBatcher(
             self.name, backend.stepper, self.generation.bos_id, self.generation.eos_id, self.generation.pad_id,
             self.generation.length_penalty, policy, settings.max_batch_tokens,
-            device=getattr(backend, "device", "cpu"), metrics=metrics,
+            device=getattr(backend, "device", "cpu"), metrics=metrics, rules=search_rules(self.generation),
         )
 
     def prepare(self, texts: Sequence[str], beam_size: Optional[int], max_length: Optional[int]) -> list[TranslationJob]:
@@ -55,10 +56,7 @@ class ServedTranslator:
         beam = self.generation.beam_size if beam_size is None else beam_size
         if not 1 <= beam <= self.max_beam:
             raise ApiError(422, "invalid_request", f"beam_size must be between 1 and {self.max_beam}, got {beam}")
-        if max_length is None:
-            length = min(self.generation.max_length, self.max_length_limit)
-        else:
-            length = max_length
+        length = min(self.generation.max_length, self.max_length_limit) if max_length is None else max_length
         if not 1 <= length <= self.max_length_limit:
             raise ApiError(422, "invalid_request",
                            f"max_length must be between 1 and {self.max_length_limit}, got {length}")
@@ -74,6 +72,10 @@ class ServedTranslator:
             sources = encode_sources(self.tokenizer, list(texts), self.max_source_tokens)
         except SourceTextError as exc:
             raise ApiError(422, "invalid_text", str(exc)) from None
+        if max_length is None and self.generation.max_len_b is not None:
+            # fairseq's max_len_a * src_len + max_len_b, per sentence (src_len = its tokens, EOS included)
+            return [TranslationJob(tuple(ids), beam, min(self.generation.max_length_for(len(ids)), self.max_length_limit))
+                    for ids in sources]
         return [TranslationJob(tuple(ids), beam, length) for ids in sources]
 
     async def translate(self, jobs: list[TranslationJob], request_id: str) -> list[tuple[str, float]]:

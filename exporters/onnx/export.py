@@ -104,11 +104,14 @@ def _side_files(model_dir: Path, config, staging: Path) -> None:
         shutil.copyfile(model_dir / CARD_NAME, staging / CARD_NAME)
     if config.tokenizer:
         source = model_dir / config.tokenizer
-        if not source.is_file():
-            raise CheckpointError(source, "named by config.json's 'tokenizer' but missing")
         target = staging / config.tokenizer
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        if source.is_dir():  # a folder of side files (fairseq dictionaries + BPE of imported translators)
+            shutil.copytree(source, target)
+        elif source.is_file():
+            shutil.copyfile(source, target)
+        else:
+            raise CheckpointError(source, "named by config.json's 'tokenizer' but missing")
     if config.labels:
         (staging / LABELS_NAME).write_text("".join(f"{label}\n" for label in config.labels))
 

@@ -174,6 +174,8 @@ def export_tensorrt(
                 target = staging / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(onnx_dir / name, target)
+            elif name and (onnx_dir / name).is_dir():  # fairseq-text/ of imported translators
+                shutil.copytree(onnx_dir / name, staging / name)
 
         work = Path(tempfile.mkdtemp(prefix="prepared.", dir=staging.parent))
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,6 +28,7 @@ from mmserve.models import MultiMaxViT, ViTConfig
 from .errors import CheckpointError
 from .manifest import sha256_file
 from .model_dir import ModelDirConfig, save_model_dir
+from .safe_load import check_state_dict, safe_torch_load
 
 __all__ = [
     "load_official_state_dict",
@@ -52,31 +52,9 @@ _HINTS = {
 def load_official_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """Read an official .pth safely and return its model state dict (unwrapped, `module.` stripped)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "not found (expected an official MultiMax ViT checkpoint, .pth)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(path, "empty file: not a PyTorch checkpoint")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if refused is None:  # not a pickle at all: garbage or a different file type
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[-1] if lines else "")
-            raise CheckpointError(
-                path, f"not a readable PyTorch checkpoint (invalid pickle data: {detail})"
-            ) from exc
-        raise CheckpointError(
-            path,
-            f"refused by torch.load(weights_only=True): it pickles the Python object {refused.group(1)}, "
-            "not only tensors and plain containers (e.g. a whole nn.Module was saved). Loading it would run "
-            "arbitrary code; save `model.state_dict()` instead, where you trust the file.",
-        ) from exc
-    except Exception as exc:  # not a zip / legacy pickle, truncated, random bytes
-        raise CheckpointError(
-            path, f"not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
+    obj = safe_torch_load(
+        path, [argparse.Namespace], "an official MultiMax ViT checkpoint, .pth"
+    )
     return _extract_state_dict(path, obj)
 
 
@@ -222,32 +200,6 @@ def infer_official_vit_config(
         raise CheckpointError(path, f"inferred an invalid architecture: {exc}") from exc
 
 
-def _check_against(path: Path, model: MultiMaxViT, state: dict[str, torch.Tensor]) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    problems = []
-    if missing:
-        problems.append(
-            f"missing keys {missing[:6]}" + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-        )
-    if unexpected:
-        problems.append(
-            f"unexpected keys {unexpected[:6]}"
-            + (f" and {len(unexpected) - 6} more" if len(unexpected) > 6 else "")
-        )
-    for key, tensor in expected.items():
-        if key in state and tuple(state[key].shape) != tuple(tensor.shape):
-            problems.append(
-                f"key {key!r} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}"
-            )
-    for key, tensor in state.items():
-        if key in expected and not tensor.is_floating_point():
-            problems.append(f"key {key!r} has dtype {tensor.dtype}, expected floating point")
-    if problems:
-        raise CheckpointError(path, "does not match the inferred architecture: " + "; ".join(problems[:8]))
-
-
 def official_preprocessing(config: ViTConfig) -> dict[str, Any]:
     """DeiT's evaluation transform (resize to img/0.875, centre crop, ImageNet mean/std)."""
     from mmserve.tasks.image_classification import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
@@ -300,7 +252,7 @@ def import_official_vit(
     state = load_official_state_dict(src)
     arch = infer_official_vit_config(src, state, num_heads, layer_norm_eps, num_classes)
     model = MultiMaxViT(arch)
-    _check_against(src, model, state)
+    check_state_dict(src, model, state, "the inferred architecture")
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
     model.eval()
     labels = (

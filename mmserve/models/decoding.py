@@ -22,18 +22,25 @@ beams scores better than the worst of them (scored at the beam's current length:
 (`early_stopping=True`) was measured to be much worse here: weak EOS continuations fill the K slots
 before the best hypothesis ends. At `max_length` live beams are closed as they are (truncated).
 Finished sentences leave the batch, so their rows stop costing compute. PAD and BOS are never generated.
+
+`SearchRules(style="fairseq")` switches the same loops to fairseq-generate's rules (fairseq 0.12
+`SequenceGenerator`, for translators imported from fairseq): scores are divided by len ** alpha
+(len = generated tokens, EOS included), <unk>'s log-prob is lowered by `unk_penalty`, EOS is banned
+before `min_length` tokens and forced at the last step (`max_length` = fairseq's max_len + 1), and a
+sentence ends as soon as beam_size hypotheses have ended (fairseq's stopping rule).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence, runtime_checkable
+from typing import Literal, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
 __all__ = [
     "Seq2SeqStepper",
     "Hypothesis",
+    "SearchRules",
     "length_penalty",
     "greedy_search",
     "beam_search",
@@ -86,6 +93,60 @@ def length_penalty(length: torch.Tensor | float, alpha: float) -> torch.Tensor |
     return ((5.0 + length) / 6.0) ** alpha
 
 
+@dataclass(frozen=True)
+class SearchRules:
+    """Per-step scoring rules on top of the search loops: mmserve's (GNMT penalty, no constraints,
+    early stopping by score) or fairseq-generate's (see the module docstring)."""
+
+    style: Literal["mmserve", "fairseq"] = "mmserve"
+    min_length: int = 0
+    unk_id: Optional[int] = None
+    unk_penalty: float = 0.0
+
+    @property
+    def adjusts_log_probs(self) -> bool:
+        return self.style == "fairseq" or self.min_length > 0 or bool(self.unk_penalty and self.unk_id is not None)
+
+    @property
+    def stop_when_beam_full(self) -> bool:
+        """fairseq ends a sentence once beam_size hypotheses ended, whatever the live beams score."""
+        return self.style == "fairseq"
+
+    def penalty(self, length: float, alpha: float) -> float:
+        """Divisor of a hypothesis' summed log-probs at `length` generated tokens (EOS included)."""
+        if self.style == "fairseq":
+            return float(length) ** alpha
+        return length_penalty(float(length), alpha)
+
+    def adjust(self, logp: torch.Tensor, eos_id: int, steps: torch.Tensor, max_lengths: torch.Tensor) -> torch.Tensor:
+        """Apply the rules in place to log-probs [N, V] of rows at `steps` [N] (tokens generated so
+        far) with `max_lengths` [N] (tokens allowed, EOS included); fairseq's order of operations."""
+        if self.unk_id is not None and self.unk_penalty:
+            logp[:, self.unk_id] -= self.unk_penalty
+        if self.style == "fairseq":
+            last = steps >= max_lengths - 1
+            if bool(last.any()):
+                eos = logp[last, eos_id].clone()
+                logp[last] = float("-inf")
+                logp[last, eos_id] = eos
+        if self.min_length:
+            early = steps < self.min_length
+            if bool(early.any()):
+                logp[early, eos_id] = float("-inf")
+        return logp
+
+
+_DEFAULT_RULES = SearchRules()
+
+
+def _apply_rules(rules: SearchRules, logp: torch.Tensor, eos_id: int, step: int, max_length: int) -> torch.Tensor:
+    if not rules.adjusts_log_probs:
+        return logp
+    n = logp.shape[0]
+    steps = torch.full((n,), step, dtype=torch.long, device=logp.device)
+    return rules.adjust(logp, eos_id, steps, torch.full_like(steps, max_length))
+
+
 def _encode_state(stepper: Seq2SeqStepper, src_ids: torch.Tensor, src_pad_mask: torch.Tensor):
     memory = stepper.encode(src_ids, src_pad_mask)
     return stepper.cross_kv(memory)
@@ -109,6 +170,7 @@ def greedy_search(
     pad_id: int,
     max_length: int,
     alpha: float = 0.0,
+    rules: SearchRules = _DEFAULT_RULES,
 ) -> list[Hypothesis]:
     """Arg-max decoding of each source row; one `Hypothesis` per row, in order."""
     batch = src_ids.shape[0]
@@ -127,7 +189,7 @@ def greedy_search(
         positions = torch.full((live, 1), step, dtype=torch.long, device=device)
         pad = torch.zeros(live, step + 1, dtype=torch.bool, device=device)
         logits, self_kv = stepper.decode_step(tokens, positions, self_kv, pad, cross, src_mask)
-        logp = _log_probs(logits, banned)
+        logp = _apply_rules(rules, _log_probs(logits, banned), eos_id, step, max_length)
         best_logp, best = logp.max(dim=-1)
         sums = sums + best_logp
         done = best == eos_id
@@ -136,7 +198,7 @@ def greedy_search(
         for r, tok in zip(rows.tolist(), best.tolist()):
             out[r].append(tok)
         if bool(done.any()):
-            lp = length_penalty(float(step + 1), alpha)
+            lp = rules.penalty(step + 1, alpha)
             for r, s in zip(rows[done].tolist(), sums[done].tolist()):
                 scores[r] = s / lp
             keep = (~done).nonzero().squeeze(1)
@@ -162,6 +224,7 @@ def beam_search(
     beam_size: int = 4,
     alpha: float = 0.6,
     n_best: int = 1,
+    rules: SearchRules = _DEFAULT_RULES,
 ) -> list[list[Hypothesis]]:
     """Batched beam search; per source row the `n_best` (<= beam_size) best hypotheses, best first."""
     if beam_size < 1 or not 1 <= n_best <= beam_size:
@@ -209,7 +272,7 @@ def beam_search(
         positions = torch.full((rows, 1), step, dtype=torch.long, device=device)
         pad = torch.zeros(rows, step + 1, dtype=torch.bool, device=device)
         logits, self_kv = stepper.decode_step(history[:, -1:], positions, self_kv, pad, cross, src_mask)
-        logp = _log_probs(logits, banned)  # [n*K, V]
+        logp = _apply_rules(rules, _log_probs(logits, banned), eos_id, step, max_length)  # [n*K, V]
         vocab = logp.shape[-1]
         candidates = (live_scores.view(rows, 1) + logp).view(n, k * vocab)
         width = min(2 * k, k * vocab)
@@ -217,7 +280,7 @@ def beam_search(
         top_beam = torch.div(top_index, vocab, rounding_mode="floor")
         top_token = top_index % vocab
         is_eos = top_token == eos_id
-        lp = length_penalty(float(step + 1), alpha)
+        lp = rules.penalty(step + 1, alpha)
 
         # EOS continuations ranked among the first K close their hypothesis.
         rank = torch.arange(width, device=device).unsqueeze(0)
@@ -249,7 +312,8 @@ def beam_search(
         # beats the worst of them. Exact for alpha = 0 (live sums only fall); Hugging Face's
         # `early_stopping=False` rule otherwise. With K = 1 it stops exactly where greedy does.
         best_live = live_scores.max(dim=1).values / lp
-        finished = ((closed_scores > neg_inf).sum(dim=1) >= k) & (best_live <= closed_scores[:, -1])
+        full = (closed_scores > neg_inf).sum(dim=1) >= k
+        finished = full if rules.stop_when_beam_full else full & (best_live <= closed_scores[:, -1])
         if step == max_length - 1:
             # Out of room: close the live beams as they are (no EOS), then every sentence is done.
             close(live_scores / lp, padded(history.view(n, k, -1)[:, :, 1:]), torch.full_like(beam, step + 1))
@@ -299,6 +363,7 @@ def translate(
 
     gen = tokenizer.generation
     beam_size = gen.beam_size if beam_size is None else int(beam_size)
+    requested_length = max_length
     max_length = gen.max_length if max_length is None else int(max_length)
     alpha = gen.length_penalty if length_penalty is None else float(length_penalty)
     if beam_size < 1:
@@ -307,6 +372,7 @@ def translate(
         raise SourceTextError(
             f"max_length must be in 1..{gen.max_length_limit} for this model, got {max_length}"
         )
+    rules = search_rules(gen)
     texts = list(texts)
     src_ids, src_pad_mask = encode_batch(tokenizer, texts)  # validates every text before any work
     device = _stepper_device(stepper)
@@ -316,13 +382,25 @@ def translate(
         mask = src_pad_mask[start : start + batch_size]
         width = int((~mask).sum(dim=1).max())  # drop columns that are padding in every row of the chunk
         ids, mask = ids[:, :width].to(device), mask[:, :width].to(device)
-        args = (gen.bos_id, gen.eos_id, gen.pad_id, max_length)
+        # fairseq's max_len_a * src_len + max_len_b, src_len being the batch's padded width as there
+        length = gen.max_length_for(width) if requested_length is None else max_length
+        args = (gen.bos_id, gen.eos_id, gen.pad_id, length)
         if beam_size == 1:
-            hyps = greedy_search(stepper, ids, mask, *args, alpha=alpha)
+            hyps = greedy_search(stepper, ids, mask, *args, alpha=alpha, rules=rules)
         else:
-            hyps = [h[0] for h in beam_search(stepper, ids, mask, *args, beam_size=beam_size, alpha=alpha)]
+            hyps = [h[0] for h in beam_search(stepper, ids, mask, *args, beam_size=beam_size, alpha=alpha, rules=rules)]
         results.extend((decode_ids(tokenizer, h.tokens), h.score) for h in hyps)
     return results
+
+
+def search_rules(generation) -> SearchRules:
+    """The SearchRules a model's GenerationConfig asks for (fairseq-generate's for imported models)."""
+    return SearchRules(
+        style=getattr(generation, "search", "mmserve"),
+        min_length=getattr(generation, "min_length", 0),
+        unk_id=generation.unk_id,
+        unk_penalty=getattr(generation, "unk_penalty", 0.0),
+    )
 
 
 def _stepper_device(stepper: Seq2SeqStepper) -> torch.device:

@@ -1,4 +1,12 @@
-"""Pre-norm Transformer encoder-decoder with MultiMax attention and a MultiMax output layer.
+"""Transformer encoder-decoder with MultiMax attention and a MultiMax output layer.
+
+One family with switches, so a model trained here and one imported from fairseq (issue 9) share the
+translator code, its export and its serving: norm placement per stack (pre-norm with final norms, as
+trained here, or fairseq's default post-norm), positions (interleaved sinusoids, fairseq's
+concatenated sin|cos table, or learned; `position_offset` is fairseq's padding offset: the first real
+token sits at row padding_idx + 1), embedding scale, `layernorm_embedding`, ReLU/GELU, and which
+attention modules are MultiMax (the official fairseq code modulates some attention modules and not
+others: see `mmserve.checkpoints.fairseq`).
 
 MultiMax (softmax(seglu(x))) normalises the scores of every attention module: encoder self-attention,
 causal decoder self-attention and encoder-decoder cross-attention, each module owning its own
@@ -63,8 +71,22 @@ class TranslatorConfig(BaseModel):
     decoder_layers: int = Field(3, ge=1)
     ffn_dim: int = Field(1024, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    positions: Literal["sinusoidal", "learned", "fairseq-sinusoidal"] = Field(
+        "sinusoidal",
+        description="'sinusoidal': sin/cos interleaved (Vaswani); 'fairseq-sinusoidal': fairseq's table "
+        "(sin half then cos half, log(10000)/(half-1) frequencies); 'learned': an embedding table",
+    )
+    position_offset: int = Field(
+        0, ge=0, description="added to every position (fairseq: padding_idx + 1 = 2)"
+    )
     max_positions: int = Field(64, ge=2, description="most tokens per source / target sequence")
+    encoder_norm: Literal["pre", "post"] = Field(
+        "pre", description="'pre': x + f(norm(x)) and a final norm; 'post': norm(x + f(x)), no final norm"
+    )
+    decoder_norm: Literal["pre", "post"] = "pre"
+    layernorm_embedding: bool = Field(False, description="LayerNorm after token + position embeddings")
+    activation: Literal["relu", "gelu"] = "relu"
+    decoder_ffn_dim: Optional[int] = Field(None, ge=1, description="decoder FFN size (default: ffn_dim)")
     scale_embedding: bool = Field(True, description="multiply token embeddings by sqrt(d_model)")
     tie_embeddings: Literal["none", "decoder", "all"] = Field(
         "decoder",
@@ -72,6 +94,9 @@ class TranslatorConfig(BaseModel):
         "'all': the encoder's embedding too (needs a shared vocabulary)",
     )
     attention_fn: AttentionFn = "multimax"
+    encoder_attention_fn: Optional[AttentionFn] = Field(None, description="default: attention_fn")
+    decoder_self_attention_fn: Optional[AttentionFn] = Field(None, description="default: attention_fn")
+    cross_attention_fn: Optional[AttentionFn] = Field(None, description="default: attention_fn")
     output_fn: Optional[AttentionFn] = None
     multimax_order: int = Field(2, ge=0)
     layer_norm_eps: float = Field(1e-5, gt=0)
@@ -80,7 +105,7 @@ class TranslatorConfig(BaseModel):
     def _check(self) -> "TranslatorConfig":
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
-        if self.positions == "sinusoidal" and self.d_model % 2:
+        if self.positions != "learned" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
         if self.tie_embeddings == "all" and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(
@@ -98,6 +123,24 @@ class TranslatorConfig(BaseModel):
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
 
+    @property
+    def encoder_fn(self) -> AttentionFn:
+        return self.encoder_attention_fn or self.attention_fn
+
+    @property
+    def decoder_self_fn(self) -> AttentionFn:
+        return self.decoder_self_attention_fn or self.attention_fn
+
+    @property
+    def cross_fn(self) -> AttentionFn:
+        return self.cross_attention_fn or self.attention_fn
+
+    @property
+    def uses_multimax(self) -> bool:
+        """Whether any module (attention or output layer) normalises with MultiMax."""
+        fns = (self.encoder_fn, self.decoder_self_fn, self.cross_fn, self.head_fn)
+        return "multimax" in fns
+
 
 def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
     """[num_positions, dim] table of Vaswani et al. (sin on even channels, cos on odd ones)."""
@@ -109,11 +152,30 @@ def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
     return table.float()
 
 
+def fairseq_sinusoidal_positions(num_positions: int, dim: int, padding_idx: Optional[int]) -> torch.Tensor:
+    """[num_positions, dim] table in fairseq's layout (`SinusoidalPositionalEmbedding.get_embedding`):
+    sines of all frequencies, then cosines, frequencies exp(-i log(10000) / (dim/2 - 1)); the
+    padding row is zero. Computed in float64 (fairseq computes in float32: ~1e-7 apart)."""
+    half = dim // 2
+    step = math.log(10000.0) / (half - 1)
+    freq = torch.exp(torch.arange(half, dtype=torch.float64) * -step)
+    angles = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1) * freq.unsqueeze(0)
+    table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        table = torch.cat([table, torch.zeros(num_positions, 1, dtype=torch.float64)], dim=1)
+    if padding_idx is not None and 0 <= padding_idx < num_positions:
+        table[padding_idx] = 0
+    return table.float()
+
+
+_ACTIVATIONS = {"relu": torch.relu, "gelu": nn.functional.gelu}
+
+
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v projections, so keys/values can be cached or taken
     from the encoder memory (`project_kv`) independently of the queries. Owns `ranges`/`ts`."""
 
-    def __init__(self, cfg: TranslatorConfig) -> None:
+    def __init__(self, cfg: TranslatorConfig, attention_fn: AttentionFn) -> None:
         super().__init__()
         dim = cfg.d_model
         self.num_heads = cfg.num_heads
@@ -122,7 +184,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
-        self.normalizer = Normalizer(self, cfg.attention_fn, cfg.multimax_order)
+        self.normalizer = Normalizer(self, attention_fn, cfg.multimax_order)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -142,47 +204,62 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """fc1 -> ReLU -> dropout -> fc2 (the Transformer-base MLP)."""
+    """fc1 -> ReLU|GELU -> dropout -> fc2 (the Transformer-base MLP)."""
 
-    def __init__(self, cfg: TranslatorConfig) -> None:
+    def __init__(self, cfg: TranslatorConfig, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(cfg.d_model, cfg.ffn_dim)
-        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.d_model)
+        self.fc1 = nn.Linear(cfg.d_model, hidden)
+        self.fc2 = nn.Linear(hidden, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.activation = _ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(torch.relu(self.fc1(x))))
+        return self.fc2(self.dropout(self.activation(self.fc1(x))))
+
+
+def _sublayer(
+    x: torch.Tensor, norm: nn.LayerNorm, pre: bool, dropout: nn.Dropout, fn
+) -> torch.Tensor:
+    """One residual sub-layer: pre-norm x + f(norm(x)), or post-norm norm(x + f(x))."""
+    if pre:
+        return x + dropout(fn(norm(x)))
+    return norm(x + dropout(fn(x)))
 
 
 class EncoderLayer(nn.Module):
-    """x + self_attn(norm(x)); x + ffn(norm(x))."""
+    """Pre-norm: x + self_attn(norm(x)); x + ffn(norm(x)). Post-norm: norm(x + self_attn(x)); norm(x + ffn(x))."""
 
     def __init__(self, cfg: TranslatorConfig) -> None:
         super().__init__()
+        self.pre_norm = cfg.encoder_norm == "pre"
         self.self_attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, cfg.encoder_fn)
         self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.ffn = FeedForward(cfg)
+        self.ffn = FeedForward(cfg, cfg.ffn_dim)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        h = self.self_attn_norm(x)
+    def _attend(self, h: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         k, v = self.self_attn.project_kv(h)
-        x = x + self.dropout(self.self_attn(h, k, v, mask))
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        return self.self_attn(h, k, v, mask)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        x = _sublayer(x, self.self_attn_norm, self.pre_norm, self.dropout, lambda h: self._attend(h, mask))
+        return _sublayer(x, self.ffn_norm, self.pre_norm, self.dropout, self.ffn)
 
 
 class DecoderLayer(nn.Module):
-    """x + self_attn(norm(x)) (causal, cached); x + cross_attn(norm(x), memory); x + ffn(norm(x))."""
+    """Self-attention (causal, cached), cross-attention over the memory, FFN; each a pre- or post-norm
+    residual sub-layer."""
 
     def __init__(self, cfg: TranslatorConfig) -> None:
         super().__init__()
+        self.pre_norm = cfg.decoder_norm == "pre"
         self.self_attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, cfg.decoder_self_fn)
         self.cross_attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.cross_attn = Attention(cfg)
+        self.cross_attn = Attention(cfg, cfg.cross_fn)
         self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.ffn = FeedForward(cfg)
+        self.ffn = FeedForward(cfg, cfg.decoder_ffn_dim or cfg.ffn_dim)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -193,40 +270,65 @@ class DecoderLayer(nn.Module):
         cross: tuple[torch.Tensor, torch.Tensor],
         cross_mask: Optional[torch.Tensor],
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        h = self.self_attn_norm(x)
-        k, v = self.self_attn.project_kv(h)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        x = x + self.dropout(self.self_attn(h, k, v, self_mask))
-        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), cross[0], cross[1], cross_mask))
-        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
-        return x, (k, v)
+        cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def attend_self(h: torch.Tensor) -> torch.Tensor:
+            k, v = self.self_attn.project_kv(h)
+            if past is not None:
+                k = torch.cat([past[0], k], dim=2)
+                v = torch.cat([past[1], v], dim=2)
+            cache.append((k, v))
+            return self.self_attn(h, k, v, self_mask)
+
+        x = _sublayer(x, self.self_attn_norm, self.pre_norm, self.dropout, attend_self)
+        x = _sublayer(
+            x, self.cross_attn_norm, self.pre_norm, self.dropout,
+            lambda h: self.cross_attn(h, cross[0], cross[1], cross_mask),
+        )
+        x = _sublayer(x, self.ffn_norm, self.pre_norm, self.dropout, self.ffn)
+        return x, cache[0]
 
 
 class _Embedding(nn.Module):
-    """Token embedding * sqrt(D) (optional) + position embedding, then dropout."""
+    """Token embedding * sqrt(D) (optional) + position embedding (row position + offset), optional
+    LayerNorm, then dropout (fairseq's TransformerEncoder/Decoder.forward_embedding order)."""
 
     def __init__(self, cfg: TranslatorConfig, vocab_size: int) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab_size, cfg.d_model)
         self.scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
+        self.offset = cfg.position_offset
+        rows = cfg.max_positions + cfg.position_offset
         if cfg.positions == "learned":
-            self.embed_positions = nn.Embedding(cfg.max_positions, cfg.d_model)
+            self.embed_positions = nn.Embedding(rows, cfg.d_model)
         else:
             # Not a parameter and not saved: a pure function of (max_positions, d_model).
-            self.register_buffer(
-                "sinusoid", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
+            table = (
+                sinusoidal_positions(rows, cfg.d_model)
+                if cfg.positions == "sinusoidal"
+                else fairseq_sinusoidal_positions(rows, cfg.d_model, cfg.position_offset - 1)
             )
+            self.register_buffer("sinusoid", table, persistent=False)
+        if cfg.layernorm_embedding:
+            self.layernorm_embedding = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(ids) * self.scale
+        if self.offset:
+            positions = positions + self.offset
         if hasattr(self, "embed_positions"):
             x = x + self.embed_positions(positions)
         else:
             x = x + self.sinusoid[positions]
+        if hasattr(self, "layernorm_embedding"):
+            x = self.layernorm_embedding(x)
         return self.dropout(x)
+
+
+def _final_norm(cfg: TranslatorConfig, placement: str) -> nn.Module:
+    """Pre-norm stacks end with a LayerNorm; post-norm ones already normalised their last output."""
+    return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if placement == "pre" else nn.Identity()
 
 
 class Encoder(nn.Module):
@@ -234,7 +336,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.embed = _Embedding(cfg, cfg.src_vocab_size)
         self.layers = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.encoder_layers)])
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.norm = _final_norm(cfg, cfg.encoder_norm)
 
 
 class Decoder(nn.Module):
@@ -242,7 +344,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed = _Embedding(cfg, cfg.tgt_vocab_size)
         self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.norm = _final_norm(cfg, cfg.decoder_norm)
 
 
 class MultiMaxTranslator(nn.Module):

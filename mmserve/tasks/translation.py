@@ -23,10 +23,10 @@ import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Literal, Optional, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from mmserve.errors import UserError
 
@@ -77,6 +77,20 @@ class GenerationConfig(BaseModel):
     max_source_chars: int = Field(
         1000, ge=1, description="texts longer than this are rejected before tokenising"
     )
+    search: Literal["mmserve", "fairseq"] = Field(
+        "mmserve",
+        description="'fairseq': fairseq-generate's rules (scores / len ** length_penalty, EOS forced at "
+        "max_length, min_length, unk_penalty, a sentence ends once beam_size hypotheses ended); "
+        "'mmserve': the GNMT penalty and early stopping described in mmserve.models.decoding",
+    )
+    min_length: int = Field(0, ge=0, description="EOS is banned before this many tokens (fairseq --min-len)")
+    unk_penalty: float = Field(0.0, description="subtracted from <unk>'s log-prob (fairseq --unkpen)")
+    max_len_a: float = Field(0.0, ge=0, description="fairseq --max-len-a (with max_len_b)")
+    max_len_b: Optional[int] = Field(
+        None, ge=0,
+        description="when set, a source of n tokens (EOS included) gets min(int(a*n + b), "
+        "max_length_limit - 1) tokens plus EOS, as fairseq-generate's max_len_a/max_len_b",
+    )
     source_words: Optional[list[str]] = Field(
         None,
         description="the words (split at spaces and hyphens, after normalisation) of the training sources; "
@@ -84,11 +98,29 @@ class GenerationConfig(BaseModel):
         "otherwise turn 'hello world' into a confident-looking number instead of saying it cannot",
     )
 
+    @model_serializer(mode="wrap")
+    def _omit_default_search_settings(self, handler):
+        """The fairseq-only settings are written only when set, so a config.json written before they
+        existed (the bundled translator's) reads back and dumps to exactly what it holds."""
+        data = handler(self)
+        for name in _SEARCH_FIELDS:
+            if name in data and data[name] == type(self).model_fields[name].default:
+                del data[name]
+        return data
+
+    def max_length_for(self, source_tokens: int) -> int:
+        """Default max_length (tokens, EOS included) for a source of that many tokens (EOS included)."""
+        if self.max_len_b is None:
+            return self.max_length
+        return min(int(self.max_len_a * source_tokens + self.max_len_b), self.max_length_limit - 1) + 1
+
     @cached_property
     def known_source_words(self) -> Optional[frozenset[str]]:
         """`source_words` as a set, built once per model rather than once per request."""
         return None if self.source_words is None else frozenset(self.source_words)
 
+
+_SEARCH_FIELDS = ("search", "min_length", "unk_penalty", "max_len_a", "max_len_b")
 
 # ------------------------------------------------------------------------------------ normalisation
 
@@ -197,6 +229,10 @@ def load_tokenizer(model_dir_or_file: Path | str) -> TranslationTokenizer:
     from mmserve.checkpoints import CheckpointError
 
     path = Path(model_dir_or_file)
+    if path.is_dir():
+        fairseq = _load_fairseq_tokenizer(path)
+        if fairseq is not None:
+            return fairseq
     file = path / TOKENIZER_NAME if path.is_dir() else path
     if not file.is_file():
         raise CheckpointError(file, "missing: a translation model needs its tokenizer.json")
@@ -209,19 +245,44 @@ def load_tokenizer(model_dir_or_file: Path | str) -> TranslationTokenizer:
         generation = GenerationConfig(**ids, max_source_tokens=64, max_length=64, max_length_limit=64)
         return TranslationTokenizer(tok, generation)
     config_path = path / "config.json"
-    try:
-        data = json.loads(config_path.read_text())
-        generation = GenerationConfig.model_validate(data.get("generation") or {})
-    except FileNotFoundError as exc:
-        raise CheckpointError(config_path, "missing") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
-        raise CheckpointError(config_path, f"invalid generation settings: {exc}") from exc
+    _, generation = _read_generation(config_path)
     mismatched = {k: (v, getattr(generation, k)) for k, v in ids.items() if getattr(generation, k) != v}
     if mismatched:
         raise CheckpointError(
             config_path, f"generation ids do not match tokenizer.json's special tokens: {mismatched}"
         )
     return TranslationTokenizer(tok, generation)
+
+
+def _read_generation(config_path: Path) -> tuple[dict, GenerationConfig]:
+    from mmserve.checkpoints import CheckpointError
+
+    try:
+        data = json.loads(config_path.read_text())
+        return data, GenerationConfig.model_validate(data.get("generation") or {})
+    except FileNotFoundError as exc:
+        raise CheckpointError(config_path, "missing") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
+        raise CheckpointError(config_path, f"invalid generation settings: {exc}") from exc
+
+
+def _load_fairseq_tokenizer(directory: Path):
+    """A model imported from fairseq (config.json["tokenizer"] == "fairseq-text"), else None."""
+    from .fairseq_text import FAIRSEQ_TEXT_DIR, load_fairseq_text
+
+    config_path = directory / "config.json"
+    if not (directory / FAIRSEQ_TEXT_DIR).is_dir():
+        return None
+    data, generation = _read_generation(config_path)
+    if data.get("tokenizer") != FAIRSEQ_TEXT_DIR:
+        return None
+    return load_fairseq_text(directory, generation)
+
+
+def _is_fairseq(tokenizer) -> bool:
+    from .fairseq_text import FairseqTextPipeline
+
+    return isinstance(tokenizer, FairseqTextPipeline)
 
 
 # ----------------------------------------------------------------------------------- text <-> ids
@@ -262,6 +323,8 @@ def encode_sources(
             raise SourceTextError(
                 f"text {i} has {len(text)} characters; this model accepts at most {gen.max_source_chars}"
             )
+    if _is_fairseq(tokenizer):
+        return _encode_fairseq(tokenizer, texts, max_len)
     normalised = [normalize_source(t) for t in texts]
     known = gen.known_source_words
     if known is not None:
@@ -295,6 +358,22 @@ def encode_sources(
     return rows
 
 
+def _encode_fairseq(tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    """fairseq-interactive's encoding (unknown pieces become <unk>, as fairseq does, not an error)."""
+    rows = []
+    for i, text in enumerate(texts):
+        ids = tokenizer.encode_text(text)
+        if len(ids) <= 1:
+            raise SourceTextError(f"text {i} is empty")
+        if len(ids) > max_len:
+            raise SourceTextError(
+                f"text {i} ({_describe(text)}) is {len(ids)} tokens long after tokenisation; "
+                f"this model accepts at most {max_len} source tokens (EOS included)"
+            )
+        rows.append(ids)
+    return rows
+
+
 def pad_sources(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id lists into (src_ids [B,S], src_pad_mask [B,S], True = pad)."""
     width = max(len(r) for r in rows)
@@ -315,6 +394,8 @@ def decode_ids(tokenizer: TranslationTokenizer, ids: Sequence[int] | torch.Tenso
     """Text of generated ids: stops at the first EOS, drops pad/bos/unk, joins pieces exactly."""
     if isinstance(ids, torch.Tensor):
         ids = ids.tolist()
+    if _is_fairseq(tokenizer):
+        return tokenizer.decode(_until_eos(ids, tokenizer.generation.eos_id))
     gen = tokenizer.generation
     kept = []
     for idx in ids:
@@ -323,3 +404,12 @@ def decode_ids(tokenizer: TranslationTokenizer, ids: Sequence[int] | torch.Tenso
         if idx not in (gen.pad_id, gen.bos_id, gen.unk_id):
             kept.append(int(idx))
     return tokenizer.tokenizer.decode(kept, skip_special_tokens=True)
+
+
+def _until_eos(ids: Sequence[int], eos_id: int) -> list[int]:
+    out = []
+    for idx in ids:
+        if idx == eos_id:
+            break
+        out.append(int(idx))
+    return out
