@@ -29,9 +29,16 @@ Exports and conversions are cached under --work (keyed by the weights' sha256 li
 
 from __future__ import annotations
 
+import os
+
+# CTranslate2's OpenMP workers spin-wait by default; on a busy 2-core machine that made its 2-thread
+# runs collapse (greedy 61 sent/s vs 1,031 on 1 thread, load average 14-17), the same fight mmserve's
+# thread policy avoids. Passive waiting is set before any OpenMP runtime starts, for a fair baseline;
+# `OMP_WAIT_POLICY=ACTIVE python benchmarks/bench_translate.py` measures CTranslate2's default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -312,7 +319,8 @@ def main() -> None:
         sys.exit("ctranslate2 is not installed: pip install -e '.[bench]'")
     threads = [int(t) for t in args.threads.split(",")]
     print(machine_info())
-    print(f"ctranslate2 {ctranslate2.__version__}; this machine may be shared: compare ratios, not absolute speeds")
+    print(f"ctranslate2 {ctranslate2.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+          "this machine may be shared: compare ratios, not absolute speeds")
     args.work.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.models.split(","):
