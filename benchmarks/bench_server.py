@@ -395,10 +395,9 @@ def main() -> None:
         workloads["translate"] = [_http_request("/translate", json.dumps({"texts": group, "beam_size": 1}).encode(),
                                                 "application/json", port) for group in groups(texts, per)]
 
-    if args.threads:
-        import torch
+    from exporters.onnx.runtime import apply_thread_policy
 
-        torch.set_num_threads(args.threads)  # as the server does with --threads (see server/state.py)
+    apply_thread_policy(args.backend, args.threads)  # as the server does with --threads (server/state.py)
     ceilings = {}
     if args.classifier:
         ceilings["classify"] = ClassifyCeiling(args, images)

@@ -166,9 +166,10 @@ def onnxruntime_backend(ctx: ParityContext) -> ParityBackend:
     """The ONNX export on onnxruntime (function bodies inlined)."""
     import onnxruntime as ort
 
-    from exporters.onnx.runtime import OnnxClassifier, OnnxSeq2SeqStepper, RuntimeOptions
+    from exporters.onnx.runtime import OnnxClassifier, OnnxSeq2SeqStepper, RuntimeOptions, apply_thread_policy
 
     options = RuntimeOptions(providers=ctx.providers, intra_op_threads=ctx.threads)
+    apply_thread_policy("onnxruntime", ctx.threads)  # the decoding glue's torch threads (process-wide)
     directory = ctx.onnx_dir()
     if ctx.config.task == "image-classification":
         runner = OnnxClassifier(directory, options)

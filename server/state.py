@@ -72,13 +72,10 @@ class ServerState:
         s = self.settings
         for module in s.plugins:
             importlib.import_module(module)
-        if s.intra_op_threads:
-            # Also for the onnxruntime backend: the translator's batching glue (cache cat/index_select,
-            # log_softmax) is torch. A second torch thread on a busy 2-core machine was measured to
-            # make those small ops ~10x slower (spinning workers), see benchmarks/bench_server.py.
-            import torch
+        # torch threads: the model's (torch backend) or the decoding glue's, 1 (onnxruntime backend).
+        from exporters.onnx.runtime import apply_thread_policy
 
-            torch.set_num_threads(s.intra_op_threads)
+        apply_thread_policy(s.backend, s.intra_op_threads)
         if s.classifier is not None:
             backend = load_backend(s.backend, s.classifier, "image-classification", self.options())
             if s.warmup:

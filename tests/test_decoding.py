@@ -166,3 +166,30 @@ def test_max_length_truncates_and_finished_rows_leave_the_batch() -> None:
     assert stepper.calls == 4  # one decode step per position; row 0 left the batch after the first
     with pytest.raises(ValueError, match="n_best"):
         beam_search(stepper, src, src_pad, BOS, EOS, PAD, 4, beam_size=2, n_best=3)
+
+
+def test_beam_first_step_decodes_one_row_per_sentence() -> None:
+    """Before the first step the K beams of a sentence are identical, so step 0 runs on one row per
+    sentence (K times less work) and later steps on K rows per live sentence; the n-best lists equal
+    those of a stepper that is handed K identical rows from the start (the search before this change)."""
+
+    class Rows(EosBoost):
+        def __init__(self, model, bonus, expand_first: bool) -> None:
+            super().__init__(model, bonus)
+            self.rows, self.expand_first = [], expand_first
+
+        def decode_step(self, tokens, positions, self_kv, self_pad_mask, cross_kv, src_pad_mask):
+            self.rows.append(tokens.shape[0])
+            if self_kv is None and self.expand_first:  # the old search: K copies of every row
+                index = torch.arange(tokens.shape[0]).repeat_interleave(4)
+                logits, kv = super().decode_step(tokens[index], positions[index], None, self_pad_mask[index],
+                                                 self.reorder_kv(cross_kv, index), src_pad_mask[index])
+                return logits[::4], [(k[::4], v[::4]) for k, v in kv]
+            return super().decode_step(tokens, positions, self_kv, self_pad_mask, cross_kv, src_pad_mask)
+
+    base, src, src_pad = make_stepper()
+    fast, full = Rows(base.model, base.bonus, False), Rows(base.model, base.bonus, True)
+    hyps = [beam_search(s, src, src_pad, BOS, EOS, PAD, 5, beam_size=4, alpha=0.6, n_best=4) for s in (fast, full)]
+    assert fast.rows[0] == 3 and fast.rows[1] == 12
+    assert [[(h.tokens, round(h.score, 5)) for h in row] for row in hyps[0]] == \
+           [[(h.tokens, round(h.score, 5)) for h in row] for row in hyps[1]]

@@ -8,7 +8,8 @@ onnxruntime exactly as they drive the torch model.
 
 Providers: CPUExecutionProvider by default; `providers="auto"` takes CUDAExecutionProvider first when
 this onnxruntime build has it. Threads and the graph optimisation level are SessionOptions knobs
-(`RuntimeOptions`). An export made with `--no-function-body` needs a MultiMax kernel: pass its custom
+(`RuntimeOptions`); how threads are shared between onnxruntime and the torch code around it is ONE
+policy, `thread_policy` / `apply_thread_policy` (see there), used by the CLI, parity and the server. An export made with `--no-function-body` needs a MultiMax kernel: pass its custom
 op library (`custom_op_library`), otherwise loading fails with a message saying so.
 """
 
@@ -28,6 +29,9 @@ from .manifest import read_export_manifest
 
 __all__ = [
     "RuntimeOptions",
+    "ThreadPolicy",
+    "thread_policy",
+    "apply_thread_policy",
     "resolve_providers",
     "create_session",
     "OnnxClassifier",
@@ -41,7 +45,10 @@ Providers = Union[None, str, Sequence[str]]
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """SessionOptions knobs. 0 threads = onnxruntime's default (one per physical core)."""
+    """SessionOptions knobs. 0 threads = onnxruntime's default (one per physical core).
+
+    `allow_spinning` None = the thread policy's choice (`thread_policy`): spinning off whenever the
+    session may have more than one intra-op thread."""
 
     providers: Providers = None
     intra_op_threads: int = 0
@@ -49,6 +56,46 @@ class RuntimeOptions:
     optimization: OptLevel = "all"
     custom_op_library: Optional[Path] = None
     extra_session_config: dict[str, str] = field(default_factory=dict)
+    allow_spinning: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """How N threads are split between onnxruntime and torch in one process.
+
+    Measured on the 2-core machine (bundled translator, batch 32, greedy, `benchmarks/bench_translate.py`
+    and tests/test_thread_policy.py): with torch and onnxruntime both on 2 threads, decoding ran 5-10x
+    slower than on 1 thread. Both runtimes keep idle worker threads spinning (onnxruntime's intra-op
+    pool, torch's OpenMP team) and the search loop alternates between them every few microseconds, so
+    each runtime's spinners steal the cores the other one needs. The policy:
+
+    - onnxruntime runs the model with `threads` intra-op threads and no spinning when it has more than
+      one (spin-waiting only pays when nothing else wants the cores; here the torch glue always does);
+    - the torch code around an onnxruntime model (log_softmax, top-k, cache reordering on small
+      tensors) runs on ONE torch thread: its tensors are far too small to gain from a second one;
+    - with the torch backend torch runs the model itself and gets every thread.
+    """
+
+    intra_op_threads: int
+    torch_threads: int
+    allow_spinning: bool
+
+
+def thread_policy(backend: str, threads: int) -> ThreadPolicy:
+    """The split for `threads` (0 = the runtimes' defaults) when `backend` runs the model."""
+    if backend == "torch":
+        return ThreadPolicy(intra_op_threads=threads, torch_threads=threads, allow_spinning=False)
+    return ThreadPolicy(intra_op_threads=threads, torch_threads=1, allow_spinning=threads == 1)
+
+
+def apply_thread_policy(backend: str, threads: int) -> ThreadPolicy:
+    """Set torch's thread count for this process by `thread_policy` (torch threads are process-wide;
+    onnxruntime's are per session and come from `RuntimeOptions`). 0 leaves torch's default for the
+    torch backend."""
+    policy = thread_policy(backend, threads)
+    if policy.torch_threads > 0:
+        torch.set_num_threads(policy.torch_threads)
+    return policy
 
 
 def resolve_providers(requested: Providers) -> list[str]:
@@ -73,6 +120,12 @@ def _session_options(options: RuntimeOptions):
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(options.intra_op_threads)
     so.inter_op_num_threads = int(options.inter_op_threads)
+    spinning = options.allow_spinning
+    if spinning is None:  # the policy: spin only when the session has a single intra-op thread
+        spinning = thread_policy("onnxruntime", int(options.intra_op_threads)).allow_spinning
+    config = {"session.intra_op.allow_spinning": "1" if spinning else "0",
+              "session.inter_op.allow_spinning": "1" if spinning else "0"}
+    config.update(options.extra_session_config)  # explicit entries win over the policy
     so.log_severity_level = 3
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -85,7 +138,7 @@ def _session_options(options: RuntimeOptions):
         if not library.is_file():
             raise UserError(f"{library}: custom op library not found")
         so.register_custom_ops_library(str(library))
-    for key, value in options.extra_session_config.items():
+    for key, value in config.items():
         so.add_session_config_entry(key, value)
     return so
 

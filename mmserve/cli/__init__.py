@@ -18,7 +18,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="mmserve",
-    help="MultiMax models from checkpoint to production: train, import, export, check parity, serve.",
+    help="MultiMax models from checkpoint to production: train, import, export, check parity, serve, translate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -28,11 +28,12 @@ _stderr = Console(stderr=True)
 
 def _register_commands() -> None:
     """Attach every subcommand; each module keeps its heavy imports inside the command body."""
-    from . import export_cmd, import_cmd, kernels_cmd, parity_cmd, serve_cmd, train_cmd
+    from . import export_cmd, import_cmd, kernels_cmd, parity_cmd, serve_cmd, train_cmd, translate_cmd
 
     app.command("serve")(serve_cmd.serve)
     app.command("export")(export_cmd.export)
     app.command("parity")(parity_cmd.parity)
+    app.command("translate")(translate_cmd.translate)
     app.add_typer(train_cmd.app, name="train")
     app.add_typer(import_cmd.app, name="import")
     app.add_typer(kernels_cmd.app, name="kernels")

@@ -232,10 +232,9 @@ def beam_search(
     k = beam_size
     batch = src_ids.shape[0]
     device = src_ids.device
-    cross = _encode_state(stepper, src_ids, src_pad_mask)
+    cross = _encode_state(stepper, src_ids, src_pad_mask)  # one row per sentence until step 0 is done
     expand = torch.arange(batch, device=device).repeat_interleave(k)
-    cross = stepper.reorder_kv(cross, expand)
-    src_mask = src_pad_mask.index_select(0, expand)
+    src_mask = src_pad_mask
     banned = sorted({pad_id, bos_id} - {eos_id})
     neg_inf = float("-inf")
 
@@ -271,7 +270,15 @@ def beam_search(
         rows = n * k
         positions = torch.full((rows, 1), step, dtype=torch.long, device=device)
         pad = torch.zeros(rows, step + 1, dtype=torch.bool, device=device)
-        logits, self_kv = stepper.decode_step(history[:, -1:], positions, self_kv, pad, cross, src_mask)
+        if step == 0:
+            # The K beams of a sentence are identical before the first step: decode one row per
+            # sentence and expand after it (K times less work for that step, the same numbers).
+            logits, self_kv = stepper.decode_step(history[::k, -1:], positions[::k], None, pad[::k], cross, src_mask)
+            logits = logits.index_select(0, expand)
+            cross = stepper.reorder_kv(cross, expand)
+            src_mask = src_mask.index_select(0, expand)
+        else:
+            logits, self_kv = stepper.decode_step(history[:, -1:], positions, self_kv, pad, cross, src_mask)
         logp = _apply_rules(rules, _log_probs(logits, banned), eos_id, step, max_length)  # [n*K, V]
         vocab = logp.shape[-1]
         candidates = (live_scores.view(rows, 1) + logp).view(n, k * vocab)
@@ -306,7 +313,7 @@ def beam_search(
         token = top_token.gather(1, order)
         origin = (torch.arange(n, device=device).unsqueeze(1) * k + beam).view(-1)
         history = torch.cat([history.index_select(0, origin), token.view(-1, 1)], dim=1)
-        self_kv = stepper.reorder_kv(self_kv, origin)
+        self_kv = stepper.reorder_kv(self_kv, origin if step else origin // k)  # step 0: rows are sentences
 
         # Done: K closed hypotheses and no live beam whose score (normalised at its current length)
         # beats the worst of them. Exact for alpha = 0 (live sums only fall); Hugging Face's

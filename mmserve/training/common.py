@@ -60,10 +60,11 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def training_progress(transient: bool = False, enabled: bool = True) -> Progress:
+def training_progress(transient: bool = False, enabled: bool = True, console=None) -> Progress:
     """A rich progress bar with step counts, elapsed and remaining time, and a free-text status field.
 
     `enabled=False` gives the same object drawing nothing, so tests and library callers use one code path.
+    `console` picks the stream (a `rich.console.Console(stderr=True)` when stdout carries results).
     """
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -74,6 +75,7 @@ def training_progress(transient: bool = False, enabled: bool = True) -> Progress
         TextColumn("{task.fields[status]}"),
         transient=transient,
         disable=not enabled,
+        console=console,
     )
 
 
