@@ -15,9 +15,10 @@ In ONE run, for the bundled numbers-en-de translator and an IWSLT-sized translat
                        (`mmserve translate --workers 2 --threads 1`)
 
 All engines get the same sources as token ids (CTranslate2 as their token strings), sorted by length
-and cut into batches of 32 (what CTranslate2's translate_batch does with max_batch_size). Each
-(decoding, threads) cell times every engine once per round, rounds interleaved, medians reported,
-ratios paired per round. Also printed: tokens generated per sentence by each engine (the work done)
+and cut into batches of 32 (what CTranslate2's translate_batch does with max_batch_size). For each
+decoding, every engine at every thread count runs once per round, rounds interleaved, medians
+reported; both ratios (to CTranslate2 at the same threads, to the engine's own 1-thread run) are
+paired per round, so a busy phase of a shared machine hits both sides of a ratio. Also printed: tokens generated per sentence by each engine (the work done)
 and the agreement of CTranslate2 with mmserve on the SoftMax twin (checks the conversion).
 
     pip install -e ".[bench]"     # ctranslate2
@@ -268,37 +269,36 @@ def bench_model(name: str, model_dir: Path, work: Path, n: int, rounds: int, thr
           f"max_length {gen['max_length']}, {rounds} rounds")
     results = []
     for beam in (1, 4):
+        # Every engine at every thread count in ONE interleaved comparison, so both the ratio to
+        # CTranslate2 and the 2-thread / 1-thread scaling are paired per round.
+        engines, outputs = {}, {}
         for t in threads:
-            engines = {"ctranslate2": ctranslate2_engine(
-                ctranslate2.Translator(str(ct2_dir), device="cpu", inter_threads=1, intra_threads=t), vocab, rows, beam, gen)}
+            translator = ctranslate2.Translator(str(ct2_dir), device="cpu", inter_threads=1, intra_threads=t)
+            engines[("ctranslate2", t)] = ctranslate2_engine(translator, vocab, rows, beam, gen)
             for label, export in exports.items():
                 stepper = OnnxSeq2SeqStepper(export, RuntimeOptions(intra_op_threads=t))
-                engines[label] = mmserve_engine(stepper, rows, batches, beam, gen, t)
+                engines[(label, t)] = mmserve_engine(stepper, rows, batches, beam, gen, t)
             if t > 1:
                 stepper = OnnxSeq2SeqStepper(exports["mmserve"], RuntimeOptions(intra_op_threads=1))
-                engines[f"mmserve {t} workers"] = mmserve_engine(stepper, rows, batches, beam, gen, 1, workers=t)
-            outputs = {label: fn() for label, fn in engines.items()}  # also the warm-up
-            timings = compare(engines, reps=rounds, warmup=0)
-            agree = np.mean([a == b for a, b in zip(outputs["ctranslate2"], outputs["mmserve softmax"])])
-            decoding = "greedy" if beam == 1 else f"beam {beam}"
-            print(f"\n{decoding}, {t} thread(s)   (CTranslate2 == mmserve on the SoftMax twin: {agree:.1%} of sentences)")
-            print(f"  {'engine':<22} {'sent/s':>9} {'x ctranslate2':>14} {'tokens/sent':>12}")
-            for label, timing in timings.items():
-                speed = len(rows) / timing.median
-                ratio = paired_ratio(timings["ctranslate2"], timing)
-                length = statistics.mean(len(o) for o in outputs[label])
-                print(f"  {label:<22} {speed:>9.0f} {ratio:>13.2f}x {length:>12.2f}")
-                results.append({"model": name, "decoding": decoding, "threads": t, "engine": label,
-                                "sent_per_s": speed, "ratio_to_ctranslate2": ratio, "tokens_per_sentence": length,
-                                "ctranslate2_agreement_softmax_twin": float(agree)})
-    by = {(r["decoding"], r["threads"], r["engine"]): r["sent_per_s"] for r in results}
-    print(f"\n{name}: thread scaling (sent/s at {threads[-1]} threads / at {threads[0]})")
-    for decoding in ("greedy", "beam 4"):
-        for label in ("ctranslate2", "mmserve"):
-            print(f"  {decoding:<7} {label:<12} {by[(decoding, threads[-1], label)] / by[(decoding, threads[0], label)]:.2f}x")
-        if len(threads) > 1:
-            workers = f"mmserve {threads[-1]} workers"
-            print(f"  {decoding:<7} {workers:<12} {by[(decoding, threads[-1], workers)] / by[(decoding, threads[0], 'mmserve')]:.2f}x")
+                engines[(f"mmserve {t} workers", t)] = mmserve_engine(stepper, rows, batches, beam, gen, 1, workers=t)
+        outputs = {key: fn() for key, fn in engines.items()}  # also the warm-up
+        timings = compare({f"{label}|{t}": fn for (label, t), fn in engines.items()}, reps=rounds, warmup=0)
+        agree = np.mean([a == b for a, b in zip(outputs[("ctranslate2", threads[0])],
+                                                 outputs[("mmserve softmax", threads[0])])])
+        decoding = "greedy" if beam == 1 else f"beam {beam}"
+        print(f"\n{decoding}   (CTranslate2 == mmserve on the SoftMax twin: {agree:.1%} of sentences)")
+        print(f"  {'engine':<22} {'threads':>7} {'sent/s':>9} {'x ctranslate2':>14} {'x own 1 thread':>15} {'tokens/sent':>12}")
+        for (label, t) in engines:
+            timing = timings[f"{label}|{t}"]
+            speed = len(rows) / timing.median
+            ratio = paired_ratio(timings[f"ctranslate2|{t}"], timing)
+            base = "mmserve" if "workers" in label else label
+            scaling = paired_ratio(timings[f"{base}|{threads[0]}"], timing)
+            length = statistics.mean(len(o) for o in outputs[(label, t)])
+            print(f"  {label:<22} {t:>7} {speed:>9.0f} {ratio:>13.2f}x {scaling:>14.2f}x {length:>12.2f}")
+            results.append({"model": name, "decoding": decoding, "threads": t, "engine": label,
+                            "sent_per_s": speed, "ratio_to_ctranslate2": ratio, "ratio_to_1_thread": scaling,
+                            "tokens_per_sentence": length, "ctranslate2_agreement_softmax_twin": float(agree)})
     return results
 
 

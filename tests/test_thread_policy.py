@@ -33,7 +33,6 @@ def numbers_export(tmp_path_factory) -> Path:
 
 
 def test_policy_splits_threads_between_runtimes() -> None:
-    assert thread_policy("onnxruntime", 2) == thread_policy("onnxruntime", 2)
     ort2 = thread_policy("onnxruntime", 2)
     assert (ort2.intra_op_threads, ort2.torch_threads, ort2.allow_spinning) == (2, 1, False)
     assert thread_policy("onnxruntime", 1).allow_spinning  # no worker threads to spin: keep the default

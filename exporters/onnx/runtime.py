@@ -9,8 +9,9 @@ onnxruntime exactly as they drive the torch model.
 Providers: CPUExecutionProvider by default; `providers="auto"` takes CUDAExecutionProvider first when
 this onnxruntime build has it. Threads and the graph optimisation level are SessionOptions knobs
 (`RuntimeOptions`); how threads are shared between onnxruntime and the torch code around it is ONE
-policy, `thread_policy` / `apply_thread_policy` (see there), used by the CLI, parity and the server. An export made with `--no-function-body` needs a MultiMax kernel: pass its custom
-op library (`custom_op_library`), otherwise loading fails with a message saying so.
+policy, `thread_policy` / `apply_thread_policy` (see there), used by the CLI, parity and the server.
+An export made with `--no-function-body` needs a MultiMax kernel: pass its custom op library
+(`custom_op_library`), otherwise loading fails with a message saying so.
 """
 
 from __future__ import annotations
