@@ -173,9 +173,7 @@ def build_router(state: ServerState) -> APIRouter:
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
                 responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
-        for served in state.served():
-            state.metrics.queue_depth.labels(served.name).set(served.batcher.depth)
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(state.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/v1/models", response_model=schemas.ModelsResponse, responses={401: _ERRORS[401]},
                 dependencies=auth, summary="Served models: backend, device, sha256, batching")

@@ -146,6 +146,12 @@ class ServerState:
                     "failed" if self.status == "failed" else "loading")
         return expected
 
+    def render_metrics(self) -> bytes:
+        """The Prometheus text /metrics returns (queue depths refreshed first)."""
+        for served in self.served():
+            self.metrics.queue_depth.labels(served.name).set(served.batcher.depth)
+        return self.metrics.render()
+
     def model_info(self) -> list[dict[str, Any]]:
         out = []
         for served in self.served():
