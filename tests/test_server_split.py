@@ -1,0 +1,166 @@
+"""Split serving (`mmserve serve --frontends N`): the engine and the frontends are killed under load and
+every request is counted. The rest of the HTTP suite already runs against the split server (the
+default); these tests are about the process model itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import REPO, ServerProcess, wait_ready
+
+MODEL_DIR = REPO / "models" / "digits-vit"
+LOAD_S = 8.0  # every load loop below is bounded in time and in count
+MAX_REQUESTS = 3000
+
+
+def _digits() -> tuple[list[bytes], list[str]]:
+    """Eight test digits as 32x32 PNGs (and their dataset labels)."""
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    blobs = []
+    for i in range(8):
+        ink = digits.images[i]
+        img = Image.fromarray((255 - ink * 255 / 16).astype(np.uint8)).resize((32, 32), Image.NEAREST)
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        blobs.append(buf.getvalue())
+    return blobs, [str(t) for t in digits.target[:8]]
+
+
+async def _load(url: str, images: list[bytes], action, concurrency: int = 32) -> list:
+    """`concurrency` clients send one image per request until LOAD_S passes; `action` runs once 50
+    requests were answered. Each outcome: (status, code, image index, label, Retry-After) or
+    ("error", exception name, when)."""
+    outcomes: list = []
+    deadline = time.monotonic() + LOAD_S
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as ac:
+        async def client(n: int) -> None:
+            i = n
+            while time.monotonic() < deadline and len(outcomes) < MAX_REQUESTS:
+                i = (i + 1) % len(images)
+                try:
+                    r = await ac.post("/classify", content=_multipart(images[i]), headers=_HEADERS)
+                except httpx.TransportError as exc:  # the frontend holding this connection was killed
+                    outcomes.append(("error", type(exc).__name__, time.monotonic()))
+                    continue
+                body = r.json()
+                label = body["predictions"][0]["label"] if r.status_code == 200 else None
+                outcomes.append((r.status_code, body.get("code"), i, label, r.headers.get("retry-after")))
+
+        async def trigger() -> None:
+            while len(outcomes) < 50 and time.monotonic() < deadline - 4:
+                await asyncio.sleep(0.05)
+            action()
+
+        await asyncio.gather(trigger(), *(client(n) for n in range(concurrency)))
+    return outcomes
+
+
+_BOUNDARY = "mmservesplittest"
+_HEADERS = {"Content-Type": f"multipart/form-data; boundary={_BOUNDARY}"}
+
+
+def _multipart(png: bytes) -> bytes:
+    return (f"--{_BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{_BOUNDARY}--\r\n".encode()
+
+
+def _pids(server: ServerProcess, pattern: str) -> list[int]:
+    return [int(p) for p in re.findall(pattern, server.output())]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return _digits()
+
+
+@pytest.mark.slow
+def test_engine_killed_under_load_fails_fast_and_recovers(digits) -> None:
+    images, _ = digits
+    server = ServerProcess(["--classifier", str(MODEL_DIR), "--backend", "torch", "--frontends", "1"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            want = [c.post("/classify", content=_multipart(img), headers=_HEADERS).json()["predictions"][0]["label"]
+                    for img in images]
+        engine = _pids(server, r"engine process (\d+) started")[-1]
+        t0 = time.monotonic()
+        outcomes = asyncio.run(_load(server.url, images, lambda: os.kill(engine, signal.SIGKILL)))
+        elapsed = time.monotonic() - t0
+        statuses = [o[0] for o in outcomes]
+        assert "error" not in statuses, [o for o in outcomes if o[0] == "error"][:3]
+        assert set(statuses) <= {200, 503}, sorted(set(statuses))
+        refused = [o for o in outcomes if o[0] == 503]
+        assert refused, "killing the engine should have refused some requests"
+        assert statuses.count(200) >= 50
+        assert {o[1] for o in refused} <= {"engine_restarting", "not_ready"}
+        assert all(o[4] for o in refused), "every 503 carries Retry-After"
+        wrong = [o for o in outcomes if o[0] == 200 and o[3] != want[o[2]]]
+        assert not wrong, wrong[:3]
+        assert elapsed < LOAD_S + 31, "no request may hang"
+        print(f"\nengine killed under load: {statuses.count(200)} answered 200 (all correct), "
+              f"{len(refused)} answered 503, 0 unanswered")
+        wait_ready(server.url, 120, server.proc)  # the supervisor started a new engine by itself
+        assert len(_pids(server, r"engine process (\d+) started")) == 2
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            r = c.post("/classify", content=_multipart(images[0]), headers=_HEADERS)
+            assert r.status_code == 200 and r.json()["predictions"][0]["label"] == want[0]
+            metrics = c.get("/metrics").text
+            assert "mmserve_ready 1.0" in metrics
+    finally:
+        assert server.stop()
+
+
+@pytest.mark.slow
+def test_frontend_killed_under_load_is_replaced(digits) -> None:
+    images, _ = digits
+    server = ServerProcess(["--classifier", str(MODEL_DIR), "--backend", "torch", "--frontends", "2"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            want = [c.post("/classify", content=_multipart(img), headers=_HEADERS).json()["predictions"][0]["label"]
+                    for img in images]
+        frontends = _pids(server, r"Started server process \[(\d+)\]")
+        assert len(frontends) == 2
+        killed_at: list[float] = []
+
+        def kill() -> None:
+            # The frontend holding the most connections (open descriptors): the kill must hit clients.
+            busiest = max(frontends, key=lambda pid: len(os.listdir(f"/proc/{pid}/fd")))
+            killed_at.append(time.monotonic())
+            os.kill(busiest, signal.SIGKILL)
+
+        outcomes = asyncio.run(_load(server.url, images, kill))
+        errors = [o for o in outcomes if o[0] == "error"]
+        answered = [o for o in outcomes if o[0] != "error"]
+        assert {o[0] for o in answered} == {200}, sorted({o[0] for o in answered})
+        wrong = [o for o in answered if o[3] != want[o[2]]]
+        assert not wrong, wrong[:3]
+        # Only requests the killed process held can be lost (their connection died with it): at most one
+        # per client connection, all at the moment of the kill.
+        assert len(errors) <= 32
+        assert all(o[2] - killed_at[0] < 2.0 for o in errors)
+        print(f"\nfrontend killed under load: {len(answered)} answered 200 (all correct), "
+              f"{len(errors)} connections lost with the killed process")
+        deadline = time.monotonic() + 90
+        while len(_pids(server, r"Started server process \[(\d+)\]")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(_pids(server, r"Started server process \[(\d+)\]")) == 3, "a new frontend replaces the dead one"
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            for img, label in zip(images, want):
+                assert c.post("/classify", content=_multipart(img), headers=_HEADERS).json()[
+                    "predictions"][0]["label"] == label
+    finally:
+        assert server.stop()
