@@ -59,7 +59,11 @@ class ServedClassifier:
     # ------------------------------------------------------------------ worker side (one thread)
 
     def _run_batch(self, explain: bool, rows: list[np.ndarray]) -> list[Row]:
-        out = self.backend.run(np.stack(rows), explain=explain)
+        stage = getattr(self.backend, "input_buffer", None)  # duck-typed backends may lack it
+        batch = stage((len(rows), *rows[0].shape), rows[0].dtype) if stage else np.empty(
+            (len(rows), *rows[0].shape), rows[0].dtype)
+        np.stack(rows, out=batch)  # the one copy: rows (views of the frontends' frames) -> model input
+        out = self.backend.run(batch, explain=explain)
         rankings = top_k_predictions(out.probs, self.labels, k=len(self.labels))
         explanations: list[Optional[dict[str, Any]]] = [None] * len(rows)
         if explain:
