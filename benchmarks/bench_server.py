@@ -27,7 +27,7 @@ to the figures, so how much of the machine it took is visible rather than assume
     nice -n 5 python benchmarks/bench_server.py [--backend onnxruntime|torch] [--duration 8]
         [--rounds 3] [--concurrency 64] [--max-batch-size 32] [--threads 1] [--workers 1]
         [--preprocess-processes 0] [--items-per-request 1] [--only classify|translate] [--json out.json]
-        [--frontends 0,1,2] [--upload multipart|raw] [--image-px 64] [--image-format PNG|JPEG]
+        [--frontends 0,1,2] [--upload multipart|raw] [--image-px 64] [--image-format PNG|JPEG] [--wrk]
 
 `--frontends 0,1,2` measures one server per value in turn (0 = the in-process server, N = N HTTP
 frontend processes + one engine process) and ends with a scaling table; the offline ceiling is
@@ -139,6 +139,35 @@ def drive(port: int, requests: list[bytes], concurrency: int, duration: float, w
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
         "client_cpu_share": cpu / wall,  # CPU seconds per wall second of the client process (of 2 cores)
     }
+
+
+def wrk_throughput(port: int, request: bytes, concurrency: int, duration: float) -> dict | None:
+    """The same saturated load from `wrk` (a C load generator, Debian package `wrk`) as a cross-check
+    of the project's client: one of the workload's requests, repeated. None when wrk is not installed."""
+    import re
+    import shutil
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        return None
+    head, _, body = request.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    path = lines[0].split()[1]
+    content_type = next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("content-type:"))
+    with tempfile.NamedTemporaryFile(suffix=".body") as f:
+        f.write(body)
+        f.flush()
+        env = {**os.environ, "MMSERVE_WRK_BODY": f.name, "MMSERVE_WRK_CONTENT_TYPE": content_type}
+        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, int(duration))}s", "--latency",
+                              "-s", str(REPO / "benchmarks" / "wrk_post.lua"), f"http://127.0.0.1:{port}{path}"],
+                             capture_output=True, text=True, env=env, timeout=duration + 60).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    return {"throughput_rps": float(rps.group(1)) if rps else float("nan"),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan")}
 
 
 # ------------------------------------------------------------------------------------- server process
@@ -386,6 +415,7 @@ def main() -> None:
                              "one item per request)")
     parser.add_argument("--image-px", type=int, default=64, help="side of the uploaded digit images")
     parser.add_argument("--image-format", choices=["PNG", "JPEG"], default="PNG")
+    parser.add_argument("--wrk", action="store_true", help="cross-check saturation with wrk (Debian: wrk)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.only == "translate" or not (args.classifier / "config.json").is_file():
@@ -473,6 +503,8 @@ def measure_server(args, port: int, workloads: dict, ceilings: dict) -> dict:
                 heavy["mean_rows_per_run"] = mean_rows(before, batch_counters(port))
                 rounds.append({"heavy": heavy, "ceiling": ceilings[name].measure(args.duration / 2)})
             out[name] = {"light": light, "rounds": rounds}
+            if args.wrk:
+                out[name]["wrk"] = wrk_throughput(port, requests[0], args.concurrency, args.duration)
     finally:
         stop_server(proc)
     return out
@@ -494,6 +526,12 @@ def report(name: str, r: dict, args, per: int) -> tuple[float, float]:
     print(f"  heavy   c={args.concurrency:<4d} {heavy['throughput_rps'] * per:8.1f} {unit}   p50 "
           f"{heavy['p50_ms']:7.2f} ms   p99 {heavy['p99_ms']:7.2f} ms   errors {heavy['errors']}   client CPU "
           f"{heavy['client_cpu_share']:.2f} core   (median of {args.rounds} rounds)")
+    if r.get("wrk"):
+        w = r["wrk"]
+        print(f"  heavy   wrk    {w['throughput_rps'] * per:8.1f} {unit}   p50 {w['p50_ms']:7.2f} ms   "
+              f"non-2xx {w['non_2xx']}   (wrk -c{args.concurrency}, one request body repeated: cross-check)")
+    elif args.wrk:
+        print("  heavy   wrk    not run: `wrk` is not installed (apt-get install wrk)")
     rows = [x["heavy"]["mean_rows_per_run"] for x in r["rounds"]]
     print(f"  rows per model run at heavy load: {rows}  (target >= 8)")
     print(f"  offline ceiling, batch {args.max_batch_size} (median): "
