@@ -11,9 +11,12 @@ innermost frame outwards, and turned into microseconds of CPU per request:
     python benchmarks/profile_server.py [--frontends 1] [--concurrency 64] [--duration 10]
         [--upload multipart|raw] [--image-px 64] [--image-format PNG|JPEG]
 
-py-spy counts a thread while it runs Python or native code outside a wait, so the figures are CPU
-time as the process saw it, including time spent waiting for the GIL on a busy machine. On a shared
-machine they are noisy; the split between categories is the robust part.
+Only samples of the thread holding the GIL are counted (`py-spy --gil`): that is the Python CPU time
+of the process, the resource the split spreads over processes. Without `--gil` py-spy also counted
+threads blocked in lock and condition waits (the batcher waiting for work, idle worker threads), which
+is not CPU. Native code that releases the GIL (onnxruntime's run, most of PIL's decoding) is therefore
+under-counted; the engine's model time is better read from `mmserve_batch_duration_seconds`. On a shared
+machine the figures are noisy; the split between categories is the robust part.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def categorise(stack: str) -> str:
 
 def record(pid: int, seconds: float, out: Path, rate: int) -> subprocess.Popen:
     return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate",
-                             str(rate), "--format", "raw", "--output", str(out), "--nonblocking"],
+                             str(rate), "--format", "raw", "--output", str(out), "--nonblocking", "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
