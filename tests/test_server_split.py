@@ -164,3 +164,60 @@ def test_frontend_killed_under_load_is_replaced(digits) -> None:
                     "predictions"][0]["label"] == label
     finally:
         assert server.stop()
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if (line.startswith(name + "{") or line.startswith(name + " "))
+               and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
+@pytest.mark.slow
+def test_cancellation_overload_and_drain_cross_processes(digits) -> None:
+    """The batching contracts hold when the batcher lives in another process: a client that hangs up
+    drops its queued items in the engine, a full engine queue answers 503 + Retry-After through the
+    frontend, and SIGTERM drains requests the engine still holds."""
+    images, _ = digits
+    server = ServerProcess(["--classifier", str(MODEL_DIR), "--backend", "slow-torch", "--plugin",
+                            "tests.split_plugin_slow", "--frontends", "1", "--max-batch-size", "1",
+                            "--max-queue-delay-ms", "0", "--max-queue-size", "4"],
+                           env={"MMSERVE_LIMIT_MAX_IMAGES": "4", "MMSERVE_LIMIT_MAX_TEXTS": "4"})
+    files = lambda n: [("files", ("x.png", images[0]))] * n  # noqa: E731
+    try:
+        async def cancel() -> None:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as ac:
+                held = asyncio.create_task(ac.post("/classify", files=files(1)))
+                await asyncio.sleep(0.2)  # the engine is now running it (0.5 s)
+                with pytest.raises(httpx.TimeoutException):  # queued behind it; then we hang up
+                    await ac.post("/classify", files=files(3), timeout=0.2)
+                assert (await held).status_code == 200
+
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            before = c.get("/metrics").text
+            asyncio.run(cancel())
+            time.sleep(1.0)
+            after = c.get("/metrics").text
+        assert _metric(after, "mmserve_rejected_total", reason="cancelled") - _metric(
+            before, "mmserve_rejected_total", reason="cancelled") == 3
+        assert _metric(after, "mmserve_batch_size_count") - _metric(before, "mmserve_batch_size_count") == 1
+
+        async def overload() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as ac:
+                return await asyncio.gather(*(ac.post("/classify", files=files(4)) for _ in range(3)))
+
+        responses = asyncio.run(overload())
+        refused = [r for r in responses if r.status_code == 503]
+        assert refused and all(r.json()["code"] == "overloaded" and int(r.headers["retry-after"]) >= 1
+                               and r.json()["request_id"] == r.headers["x-request-id"] for r in refused)
+        assert all(r.status_code == 200 for r in responses if r not in refused)
+
+        async def drain() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as ac:
+                tasks = [asyncio.create_task(ac.post("/classify", files=files(1))) for _ in range(3)]
+                await asyncio.sleep(0.3)
+                server.proc.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*tasks)
+
+        assert [r.status_code for r in asyncio.run(drain())] == [200] * 3
+    finally:
+        assert server.stop()
