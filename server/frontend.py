@@ -54,6 +54,7 @@ class RemoteState(ServerState):
 
     async def start(self) -> None:
         """Runs for the app's lifetime (create_app's lifespan cancels it at shutdown)."""
+        self.set_threads()  # image preprocessing and tokenising use torch here too
         await self.client.run()
 
     async def stop(self) -> None:

@@ -67,18 +67,23 @@ class ServerState:
         s = self.settings
         return LoadOptions(device=s.device, intra_op_threads=s.intra_op_threads, onnx_cache_dir=s.onnx_cache_dir)
 
-    def _load(self) -> None:
-        """Blocking: import plugins, load every model, warm it up (runs in a thread)."""
-        s = self.settings
-        for module in s.plugins:
-            importlib.import_module(module)
-        if s.intra_op_threads:
+    def set_threads(self) -> None:
+        """The one place the server sets torch's intra-op threads (the engine's models and, in split
+        serving, each frontend's torch preprocessing too)."""
+        if self.settings.intra_op_threads:
             # Also for the onnxruntime backend: the translator's batching glue (cache cat/index_select,
             # log_softmax) is torch. A second torch thread on a busy 2-core machine was measured to
             # make those small ops ~10x slower (spinning workers), see benchmarks/bench_server.py.
             import torch
 
-            torch.set_num_threads(s.intra_op_threads)
+            torch.set_num_threads(self.settings.intra_op_threads)
+
+    def _load(self) -> None:
+        """Blocking: import plugins, load every model, warm it up (runs in a thread)."""
+        s = self.settings
+        for module in s.plugins:
+            importlib.import_module(module)
+        self.set_threads()
         if s.classifier is not None:
             backend = load_backend(s.backend, s.classifier, "image-classification", self.options())
             if s.warmup:

@@ -53,7 +53,8 @@ _SPAWN = multiprocessing.get_context("spawn")  # never fork a process that may h
 def default_frontends(cpus: Optional[int] = None) -> int:
     """One frontend per two cores, at least one, at most 8: the engine needs cores for the model and
     its batcher threads, and each frontend process costs its own memory (~150 MB with torch imported)."""
-    cpus = cpus or os.cpu_count() or 1
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(8, cpus // 2))
 
 

@@ -221,3 +221,36 @@ def test_cancellation_overload_and_drain_cross_processes(digits) -> None:
         assert [r.status_code for r in asyncio.run(drain())] == [200] * 3
     finally:
         assert server.stop()
+
+
+def test_default_frontends_follow_the_core_count() -> None:
+    from server.supervisor import default_frontends
+
+    assert [default_frontends(n) for n in (1, 2, 3, 4, 16, 64)] == [1, 1, 1, 2, 8, 8]
+
+
+def test_wire_rows_cross_as_one_frame_without_copies() -> None:
+    """Rows are stacked once into one frame; the engine's items are views of that frame (no copy)."""
+    import msgspec
+
+    from server import wire
+    from server.continuous import TranslationJob
+
+    rows = [np.full((1, 8, 8), i, dtype=np.float32) for i in range(3)]
+    submit = wire.Submit(7, "digits-vit", True, "rid")
+    frames = wire.pack_payloads(submit, rows)
+    assert len(frames) == 1 and submit.shape == (3, 1, 8, 8) and submit.dtype == "float32"
+    decoded = wire.TO_ENGINE.decode(wire.ENCODER.encode(submit))
+    frame = bytes(frames[0])
+    items = wire.unpack_payloads(decoded, [frame])
+    assert all(np.array_equal(a, b) for a, b in zip(items, rows))
+    assert all(np.shares_memory(item, np.frombuffer(frame, dtype=np.uint8)) for item in items)
+
+    jobs = [TranslationJob((5, 6, 2), 3, 20)]
+    submit = wire.Submit(8, "numbers-en-de", None, "rid")
+    assert wire.pack_payloads(submit, jobs) == []
+    assert wire.unpack_payloads(wire.TO_ENGINE.decode(wire.ENCODER.encode(submit)), []) == jobs
+
+    row = wire.Row({"label": "7", "score": 0.5, "top_k": []}, None)
+    decoder = msgspec.msgpack.Decoder(list[wire.Row])
+    assert decoder.decode(wire.ENCODER.encode([row])) == [row]
