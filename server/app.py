@@ -172,15 +172,13 @@ def _openapi(app: FastAPI, state: ServerState) -> dict[str, Any]:
                     "application/json": {"schema": images, "examples": {
                         "one digit": {"value": {"images": [_EXAMPLE_PNG], "top_k": 3}},
                         "explain": {"value": {"images": [_EXAMPLE_PNG], "top_k": 1, "explain": True}}}},
-                    **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in
-                       ("image/png", "image/jpeg", "image/webp", "image/bmp")}},
+                    **{kind: {"schema": {"type": "string", "format": "binary",
+                                         "description": "one image as the whole body; optional query string "
+                                                        "?top_k=N&explain=true|false (raw bodies only: not "
+                                                        "declared as parameters, which would apply to every "
+                                                        "content type)"}}
+                       for kind in ("image/png", "image/jpeg", "image/webp", "image/bmp")}},
     }
-    paths["/classify"]["post"]["parameters"] = [
-        {"name": "top_k", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, **top_k},
-         "description": "raw image bodies only (multipart and JSON carry it in the body)"},
-        {"name": "explain", "in": "query", "required": False, "schema": {"type": "boolean"},
-         "description": "raw image bodies only"},
-    ]
     paths["/translate"]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
         "schema": translate,
         "examples": {"greedy": {"value": {"texts": ["forty-two", "one hundred and five"], "beam_size": 1}},
