@@ -27,6 +27,11 @@ to the figures, so how much of the machine it took is visible rather than assume
     nice -n 5 python benchmarks/bench_server.py [--backend onnxruntime|torch] [--duration 8]
         [--rounds 3] [--concurrency 64] [--max-batch-size 32] [--threads 1] [--workers 1]
         [--preprocess-processes 0] [--items-per-request 1] [--only classify|translate] [--json out.json]
+        [--frontends 0,1,2] [--upload multipart|raw] [--image-px 64] [--image-format PNG|JPEG] [--wrk]
+
+`--frontends 0,1,2` measures one server per value in turn (0 = the in-process server, N = N HTTP
+frontend processes + one engine process) and ends with a scaling table; the offline ceiling is
+re-measured inside every server's rounds, so each ratio compares figures taken side by side.
 """
 
 from __future__ import annotations
@@ -136,6 +141,35 @@ def drive(port: int, requests: list[bytes], concurrency: int, duration: float, w
     }
 
 
+def wrk_throughput(port: int, request: bytes, concurrency: int, duration: float) -> dict | None:
+    """The same saturated load from `wrk` (a C load generator, Debian package `wrk`) as a cross-check
+    of the project's client: one of the workload's requests, repeated. None when wrk is not installed."""
+    import re
+    import shutil
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        return None
+    head, _, body = request.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    path = lines[0].split()[1]
+    content_type = next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("content-type:"))
+    with tempfile.NamedTemporaryFile(suffix=".body") as f:
+        f.write(body)
+        f.flush()
+        env = {**os.environ, "MMSERVE_WRK_BODY": f.name, "MMSERVE_WRK_CONTENT_TYPE": content_type}
+        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, int(duration))}s", "--latency",
+                              "-s", str(REPO / "benchmarks" / "wrk_post.lua"), f"http://127.0.0.1:{port}{path}"],
+                             capture_output=True, text=True, env=env, timeout=duration + 60).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    return {"throughput_rps": float(rps.group(1)) if rps else float("nan"),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan")}
+
+
 # ------------------------------------------------------------------------------------- server process
 
 
@@ -150,6 +184,8 @@ def start_server(args, port: int) -> tuple[subprocess.Popen, float]:
            "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
            "--threads", str(args.threads), "--workers", str(args.workers), "--log-level", "warning",
            "--preprocess-processes", str(args.preprocess_processes)]
+    if args.server_frontends is not None:
+        cmd += ["--frontends", str(args.server_frontends)]
     if args.classifier:
         cmd += ["--classifier", str(args.classifier)]
     if args.translator:
@@ -207,8 +243,9 @@ def mean_rows(before: dict, after: dict) -> dict[str, float]:
 # ------------------------------------------------------------------------------------- workloads
 
 
-def classify_inputs(n: int) -> list[bytes]:
-    """Held-out digits drawn as 64x64 PNG uploads (what a client would send)."""
+def classify_inputs(n: int, px: int = 64, fmt: str = "PNG") -> list[bytes]:
+    """Held-out digits drawn as px x px uploads (what a client would send): 64 px PNG by default;
+    `--image-px 400 --image-format JPEG` for photo-sized files (tens of KB, a real decode)."""
     from PIL import Image
 
     from mmserve.checkpoints import read_config
@@ -220,7 +257,8 @@ def classify_inputs(n: int) -> list[bytes]:
     images = []
     for grid in test.ink[:n]:
         buf = io.BytesIO()
-        render_ink(grid, 64, Image.Resampling.BILINEAR).save(buf, "PNG")
+        image = render_ink(grid, px, Image.Resampling.BILINEAR)
+        image.convert("RGB").save(buf, fmt, quality=90) if fmt == "JPEG" else image.save(buf, fmt)
         images.append(buf.getvalue())
     return images
 
@@ -369,6 +407,15 @@ def main() -> None:
     parser.add_argument("--only", choices=["classify", "translate"], default=None)
     parser.add_argument("--items-per-request", type=int, default=1,
                         help="images / texts per request (1 = every item pays a whole HTTP request)")
+    parser.add_argument("--frontends", default="default",
+                        help="comma-separated `mmserve serve --frontends` values to compare, e.g. 0,1,2 "
+                             "(0 = the in-process server; default = the server's own default)")
+    parser.add_argument("--upload", choices=["multipart", "raw"], default="multipart",
+                        help="/classify body: multipart/form-data, or the image itself (Content-Type image/*; "
+                             "one item per request)")
+    parser.add_argument("--image-px", type=int, default=64, help="side of the uploaded digit images")
+    parser.add_argument("--image-format", choices=["PNG", "JPEG"], default="PNG")
+    parser.add_argument("--wrk", action="store_true", help="cross-check saturation with wrk (Debian: wrk)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.only == "translate" or not (args.classifier / "config.json").is_file():
@@ -385,12 +432,19 @@ def main() -> None:
     port = free_port()
     if args.items_per_request < 1:
         raise SystemExit("--items-per-request must be at least 1")
-    images = classify_inputs(256) if args.classifier else []
+    if args.upload == "raw" and args.items_per_request != 1:
+        raise SystemExit("--upload raw sends one image per request: use --items-per-request 1")
+    images = classify_inputs(256, args.image_px, args.image_format) if args.classifier else []
     texts = translate_inputs(512, args.translator) if args.translator else []
     workloads = {}
     per = args.items_per_request
     if args.classifier:
-        workloads["classify"] = [_http_request("/classify", *multipart(group), port) for group in groups(images, per)]
+        if args.upload == "raw":
+            kind = f"image/{args.image_format.lower()}"
+            workloads["classify"] = [_http_request("/classify", image, kind, port) for image in images]
+        else:
+            workloads["classify"] = [_http_request("/classify", *multipart(group), port)
+                                     for group in groups(images, per)]
     if args.translator:
         workloads["translate"] = [_http_request("/translate", json.dumps({"texts": group, "beam_size": 1}).encode(),
                                                 "application/json", port) for group in groups(texts, per)]
@@ -403,9 +457,37 @@ def main() -> None:
         ceilings["classify"] = ClassifyCeiling(args, images)
     if args.translator:
         ceilings["translate"] = TranslateCeiling(args, texts)
-    proc, ready_s = start_server(args, port)
+    settings = [None if v == "default" else int(v) for v in args.frontends.split(",")]
     results: dict = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                     "server_ready_s": ready_s, "load_average_start": os.getloadavg()}
+                     "load_average_start": os.getloadavg(), "servers": {}}
+    try:
+        for frontends in settings:
+            args.server_frontends = frontends
+            label = "default" if frontends is None else str(frontends)
+            results["servers"][label] = measure_server(args, port, workloads, ceilings)
+    finally:
+        for ceiling in ceilings.values():
+            ceiling.close()
+    results["load_average_end"] = os.getloadavg()
+
+    scaling: dict = {}
+    for label, server in results["servers"].items():
+        print(f"\n=== mmserve serve --frontends {label}  (ready in {server['server_ready_s']:.1f} s)")
+        for name in workloads:
+            scaling.setdefault(name, {})[label] = report(name, server[name], args, per)
+    if len(settings) > 1:
+        print("\nscaling with --frontends (saturated items/s; ratio to the offline pipeline ceiling of the same run):")
+        for name, rows in scaling.items():
+            print(f"  /{name}: " + "; ".join(f"{label}: {sat:.0f}/s ({ratio:.2f})" for label, (sat, ratio) in rows.items()))
+    print(f"load average (1/5/15 min) at start {results['load_average_start']}, end {results['load_average_end']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def measure_server(args, port: int, workloads: dict, ceilings: dict) -> dict:
+    """Start one server configuration, measure light load, then interleaved heavy-load / ceiling rounds."""
+    proc, ready_s = start_server(args, port)
+    out: dict = {"server_ready_s": ready_s}
     try:
         for name, requests in workloads.items():
             before = batch_counters(port)
@@ -419,43 +501,50 @@ def main() -> None:
                 heavy = drive(port, requests, args.concurrency, args.duration, args.warmup if r == 0 else 0.5)
                 heavy["mean_rows_per_run"] = mean_rows(before, batch_counters(port))
                 rounds.append({"heavy": heavy, "ceiling": ceilings[name].measure(args.duration / 2)})
-            results[name] = {"light": light, "rounds": rounds}
+            out[name] = {"light": light, "rounds": rounds}
+            if args.wrk:
+                out[name]["wrk"] = wrk_throughput(port, requests[0], args.concurrency, args.duration)
     finally:
         stop_server(proc)
-        for ceiling in ceilings.values():
-            ceiling.close()
-    results["load_average_end"] = os.getloadavg()
+    return out
 
-    print()
-    for name in workloads:
-        r = results[name]
-        unit = "images/s" if name == "classify" else "sentences/s"
-        heavy = {k: statistics.median(x["heavy"][k] for x in r["rounds"])
-                 for k in ("throughput_rps", "p50_ms", "p99_ms", "client_cpu_share")}
-        heavy["errors"] = sum(x["heavy"]["errors"] for x in r["rounds"])
-        ceiling = {k: statistics.median(x["ceiling"][k] for x in r["rounds"])
-                   for k in r["rounds"][0]["ceiling"] if k != "batch_size"}
-        r["heavy_median"], r["ceiling_median"] = heavy, ceiling
-        print(f"/{name}  ({unit}; {per} item(s) per request)")
-        m = r["light"]
-        print(f"  light   c=1    {m['throughput_rps'] * per:8.1f} {unit}   p50 {m['p50_ms']:7.2f} ms   "
-              f"p99 {m['p99_ms']:7.2f} ms   errors {m['errors']}   client CPU {m['client_cpu_share']:.2f} core")
-        print(f"  heavy   c={args.concurrency:<4d} {heavy['throughput_rps'] * per:8.1f} {unit}   p50 "
-              f"{heavy['p50_ms']:7.2f} ms   p99 {heavy['p99_ms']:7.2f} ms   errors {heavy['errors']}   client CPU "
-              f"{heavy['client_cpu_share']:.2f} core   (median of {args.rounds} rounds)")
-        print(f"  rows per model run at heavy load: {[x['heavy']['mean_rows_per_run'] for x in r['rounds']]}")
-        print(f"  offline ceiling, batch {args.max_batch_size} (median): "
-              + ", ".join(f"{k} {v:.0f}" for k, v in ceiling.items()))
-        sat = heavy["throughput_rps"] * per
-        r["items_per_second"] = sat
-        r["ratios"] = {k: sat / v for k, v in ceiling.items()}
-        per_round = {k: [round(x["heavy"]["throughput_rps"] * per / x["ceiling"][k], 2) for x in r["rounds"]]
-                     for k in ceiling}
-        print("  saturated server / ceiling: " + ", ".join(f"{k} {v:.2f} (rounds {per_round[k]})"
-                                                         for k, v in r["ratios"].items()))
-    print(f"load average (1/5/15 min) at start {results['load_average_start']}, end {results['load_average_end']}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+def report(name: str, r: dict, args, per: int) -> tuple[float, float]:
+    """Print one workload's figures; returns (saturated items/s, ratio to the pipeline ceiling)."""
+    unit = "images/s" if name == "classify" else "sentences/s"
+    heavy = {k: statistics.median(x["heavy"][k] for x in r["rounds"])
+             for k in ("throughput_rps", "p50_ms", "p99_ms", "client_cpu_share")}
+    heavy["errors"] = sum(x["heavy"]["errors"] for x in r["rounds"])
+    ceiling = {k: statistics.median(x["ceiling"][k] for x in r["rounds"])
+               for k in r["rounds"][0]["ceiling"] if k != "batch_size"}
+    r["heavy_median"], r["ceiling_median"] = heavy, ceiling
+    print(f"/{name}  ({unit}; {per} item(s) per request; upload {args.upload if name == 'classify' else 'json'})")
+    m = r["light"]
+    print(f"  light   c=1    {m['throughput_rps'] * per:8.1f} {unit}   p50 {m['p50_ms']:7.2f} ms   "
+          f"p99 {m['p99_ms']:7.2f} ms   errors {m['errors']}   client CPU {m['client_cpu_share']:.2f} core")
+    print(f"  heavy   c={args.concurrency:<4d} {heavy['throughput_rps'] * per:8.1f} {unit}   p50 "
+          f"{heavy['p50_ms']:7.2f} ms   p99 {heavy['p99_ms']:7.2f} ms   errors {heavy['errors']}   client CPU "
+          f"{heavy['client_cpu_share']:.2f} core   (median of {args.rounds} rounds)")
+    if r.get("wrk"):
+        w = r["wrk"]
+        print(f"  heavy   wrk    {w['throughput_rps'] * per:8.1f} {unit}   p50 {w['p50_ms']:7.2f} ms   "
+              f"non-2xx {w['non_2xx']}   (wrk -c{args.concurrency}, one request body repeated: cross-check)")
+    elif args.wrk:
+        print("  heavy   wrk    not run: `wrk` is not installed (apt-get install wrk)")
+    rows = [x["heavy"]["mean_rows_per_run"] for x in r["rounds"]]
+    print(f"  rows per model run at heavy load: {rows}  (target >= 8)")
+    print(f"  offline ceiling, batch {args.max_batch_size} (median): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in ceiling.items()))
+    sat = heavy["throughput_rps"] * per
+    r["items_per_second"] = sat
+    r["ratios"] = {k: sat / v for k, v in ceiling.items()}
+    per_round = {k: [round(x["heavy"]["throughput_rps"] * per / x["ceiling"][k], 2) for x in r["rounds"]]
+                 for k in ceiling}
+    print("  saturated server / ceiling: " + ", ".join(f"{k} {v:.2f} (rounds {per_round[k]})"
+                                                     for k, v in r["ratios"].items())
+          + "   (target: pipeline/translate >= 0.9)")
+    key = "pipeline" if name == "classify" else "translate"
+    return sat, r["ratios"].get(key, float("nan"))
 
 
 if __name__ == "__main__":

@@ -173,7 +173,13 @@ def _openapi(app: FastAPI, state: ServerState) -> dict[str, Any]:
         "content": {"multipart/form-data": {"schema": multipart, "encoding": {"files": {"contentType": "image/*"}}},
                     "application/json": {"schema": images, "examples": {
                         "one digit": {"value": {"images": [_EXAMPLE_PNG], "top_k": 3}},
-                        "explain": {"value": {"images": [_EXAMPLE_PNG], "top_k": 1, "explain": True}}}}},
+                        "explain": {"value": {"images": [_EXAMPLE_PNG], "top_k": 1, "explain": True}}}},
+                    **{kind: {"schema": {"type": "string", "format": "binary",
+                                         "description": "one image as the whole body; optional query string "
+                                                        "?top_k=N&explain=true|false (raw bodies only: not "
+                                                        "declared as parameters, which would apply to every "
+                                                        "content type)"}}
+                       for kind in ("image/png", "image/jpeg", "image/webp", "image/bmp")}},
     }
     paths["/translate"]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
         "schema": translate,

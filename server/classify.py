@@ -8,7 +8,6 @@ image is refused with its reason without costing a model slot, and the model wor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional
 
 import numpy as np
@@ -26,27 +25,25 @@ from .batching import BatchPolicy, DynamicBatcher
 from .errors import ApiError
 from .metrics import Metrics
 from .preprocess import Preprocessor
+from .wire import Row
 
 __all__ = ["ServedClassifier", "SPARSITY_THRESHOLD"]
 
 SPARSITY_THRESHOLD = 1e-3
 
 
-@dataclass
-class _Row:
-    """What the worker returns per image: the full ranking (sliced to each request's top_k later)."""
-
-    ranking: dict[str, Any]
-    explanation: Optional[dict[str, Any]]
-
-
 class ServedClassifier:
-    """One classifier model: its backend, batcher, preprocessing and limits."""
+    """One classifier model: its backend, batcher, preprocessing and limits.
+
+    In an HTTP frontend process (`mmserve serve --frontends N`) `backend` is only the model's
+    description (`server.frontend.RemoteModel`) and `batcher` forwards items to the engine process,
+    which runs this same class with the real backend and batcher: one code path for both halves."""
 
     task = "image-classification"
 
     def __init__(self, backend: ClassifierBackend, policy: BatchPolicy, limits: ImageLimits, metrics: Metrics,
-                 preprocess_processes: int = 0, run_in_threads: Optional[Callable[..., Awaitable[Any]]] = None):
+                 preprocess_processes: int = 0, run_in_threads: Optional[Callable[..., Awaitable[Any]]] = None,
+                 batcher: Any = None):
         self.backend = backend
         self.name = backend.name
         self.labels: list[str] = list(backend.config.labels or [])
@@ -57,12 +54,16 @@ class ServedClassifier:
         self.grid = arch.img_size // arch.patch_size
         self.image_limits = limits
         self.preprocess = Preprocessor(self.preprocessing, limits, preprocess_processes, run_in_threads)
-        self.batcher = DynamicBatcher(self.name, self._run_batch, policy, metrics)
+        self.batcher = batcher if batcher is not None else DynamicBatcher(self.name, self._run_batch, policy, metrics)
 
     # ------------------------------------------------------------------ worker side (one thread)
 
-    def _run_batch(self, explain: bool, rows: list[np.ndarray]) -> list[_Row]:
-        out = self.backend.run(np.stack(rows), explain=explain)
+    def _run_batch(self, explain: bool, rows: list[np.ndarray]) -> list[Row]:
+        stage = getattr(self.backend, "input_buffer", None)  # duck-typed backends may lack it
+        batch = stage((len(rows), *rows[0].shape), rows[0].dtype) if stage else np.empty(
+            (len(rows), *rows[0].shape), rows[0].dtype)
+        np.stack(rows, out=batch)  # the one copy: rows (views of the frontends' frames) -> model input
+        out = self.backend.run(batch, explain=explain)
         rankings = top_k_predictions(out.probs, self.labels, k=len(self.labels))
         explanations: list[Optional[dict[str, Any]]] = [None] * len(rows)
         if explain:
@@ -81,7 +82,7 @@ class ServedClassifier:
                 }
                 for i in range(len(rows))
             ]
-        return [_Row(r, e) for r, e in zip(rankings, explanations)]
+        return [Row(r, e) for r, e in zip(rankings, explanations)]
 
     # ------------------------------------------------------------------ response
 
@@ -91,7 +92,7 @@ class ServedClassifier:
                                                    f"(the number of labels), got {top_k}")
 
     async def classify(self, rows: list[np.ndarray], top_k: int, explain: bool, request_id: str) -> list[dict]:
-        results: list[_Row] = await self.batcher.submit(rows, key=bool(explain), request_id=request_id)
+        results: list[Row] = await self.batcher.submit(rows, key=bool(explain), request_id=request_id)
         predictions = []
         for row in results:
             ranking = row.ranking

@@ -2,11 +2,19 @@
 
 Names follow Prometheus conventions (`_total`, `_seconds`); the labels are low-cardinality by design:
 `endpoint` is the route template, never the raw path, and `model` is a served model's name.
+
+Split serving (`mmserve serve --frontends N`): every process (frontends, engine) records into
+prometheus-client's multiprocess files (`PROMETHEUS_MULTIPROC_DIR`, set by the supervisor before any
+child starts) and any frontend's /metrics renders the sum over all of them, so a scrape that lands on
+one frontend sees the whole server. Gauges say how they combine (`multiprocess_mode`): in-flight
+requests, queue depth and decoder rows add up over live processes; readiness is the engine's.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["Metrics", "ModelMetrics", "CONTENT_TYPE_LATEST"]
@@ -29,7 +37,8 @@ class Metrics:
             "mmserve_request_duration_seconds", "HTTP request latency (first byte in to last byte out)",
             ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r,
         )
-        self.in_flight = Gauge("mmserve_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.in_flight = Gauge("mmserve_requests_in_flight", "HTTP requests being handled", registry=r,
+                               multiprocess_mode="livesum")
         self.items = Counter(
             "mmserve_items_total", "inference items (images, texts) by model and outcome", ["model", "outcome"],
             registry=r,
@@ -42,7 +51,8 @@ class Metrics:
             "mmserve_batch_duration_seconds", "wall time of one model run (one decoder step for translators)",
             ["model"], buckets=_LATENCY_BUCKETS, registry=r,
         )
-        self.queue_depth = Gauge("mmserve_queue_depth", "items waiting for a model run", ["model"], registry=r)
+        self.queue_depth = Gauge("mmserve_queue_depth", "items waiting for a model run", ["model"], registry=r,
+                                 multiprocess_mode="livesum")
         self.queue_wait = Histogram(
             "mmserve_queue_wait_seconds", "time an item waited in the queue before its model run started",
             ["model"], buckets=_LATENCY_BUCKETS, registry=r,
@@ -56,15 +66,22 @@ class Metrics:
         )
         self.active_rows = Gauge(
             "mmserve_decoder_rows_active", "translator: decoder rows in the running batch", ["model"], registry=r,
+            multiprocess_mode="livesum",
         )
         self.decoder_joins = Counter(
             "mmserve_decoder_joins_total", "translator: sentences that joined a running decode between steps "
             "(continuous batching)", ["model"], registry=r,
         )
-        self.ready = Gauge("mmserve_ready", "1 when every model is loaded and warmed up", registry=r)
+        self.ready = Gauge("mmserve_ready", "1 when every model is loaded and warmed up", registry=r,
+                           multiprocess_mode="livemax")
+        self._aggregate: CollectorRegistry | None = None
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self._aggregate = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._aggregate)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's registry, or in split serving the sum over every process's files."""
+        return generate_latest(self._aggregate or self.registry)
 
     def for_model(self, name: str) -> "ModelMetrics":
         return ModelMetrics(self, name)

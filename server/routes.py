@@ -24,6 +24,7 @@ ENDPOINTS = {"/classify", "/translate", "/healthz", "/readyz", "/metrics", "/v1/
 _ERRORS = {code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)}
 _FORM_FIELDS = {"files", "top_k", "explain"}
 _INLINE_CHARS = 2048
+_RAW_IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/bmp"}
 
 
 def _request_id(request: Request) -> str:
@@ -76,6 +77,9 @@ def build_router(state: ServerState) -> APIRouter:
 
     async def _classify_inputs(request: Request) -> tuple[list[bytes], int, bool]:
         kind = media_type(request)
+        if request.query_params and kind not in _RAW_IMAGE_TYPES:
+            raise ApiError(422, "invalid_request", "query parameters are only for raw image bodies; multipart and "
+                                                   "JSON requests carry top_k and explain in the body")
         body = await read_body(request, limits.max_body_bytes)
         if kind == "multipart/form-data":
             # Generous part limits so a request with a few too many images gets the precise 422 below;
@@ -102,8 +106,22 @@ def build_router(state: ServerState) -> APIRouter:
             _check_image_count(len(req.images))
             blobs = [decode_base64(text, i, limits.max_image_bytes) for i, text in enumerate(req.images)]
             return blobs, req.top_k, req.explain
+        if kind in _RAW_IMAGE_TYPES:
+            # One image as the whole body (no multipart parsing, no base64): the cheapest upload.
+            # Options come from the query string (?top_k=3&explain=true).
+            params = request.query_params
+            unknown = sorted(set(params.keys()) - {"top_k", "explain"})
+            if unknown:
+                raise ApiError(422, "invalid_request", f"unknown query parameter(s) {unknown}; expected 'top_k', "
+                                                       "'explain'")
+            if not body:
+                raise ApiError(422, "empty_request", "empty body: send the image file as the request body")
+            top_k = _form_int(params["top_k"], "top_k") if "top_k" in params else 5
+            explain = _form_bool(params["explain"], "explain") if "explain" in params else False
+            return [body], top_k, explain
         raise ApiError(415, "unsupported_media_type",
-                       f"Content-Type {kind or '(none)'} not accepted: use multipart/form-data or application/json")
+                       f"Content-Type {kind or '(none)'} not accepted: use multipart/form-data, application/json "
+                       f"or a raw image ({', '.join(sorted(_RAW_IMAGE_TYPES))})")
 
     @router.post(
         "/classify",
@@ -173,9 +191,7 @@ def build_router(state: ServerState) -> APIRouter:
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
                 responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
-        for served in state.served():
-            state.metrics.queue_depth.labels(served.name).set(served.batcher.depth)
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(state.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/v1/models", response_model=schemas.ModelsResponse, responses={401: _ERRORS[401]},
                 dependencies=auth, summary="Served models: backend, device, sha256, batching")

@@ -73,6 +73,11 @@ class ServerSettings(BaseSettings):
     max_batch_tokens: int = Field(8192, ge=16, description="translator: sum of rows x (source + target) tokens")
     translate_max_rows: int = Field(64, ge=1, description="translator: decoder rows in flight (beams count)")
 
+    # --- processes (see server/supervisor.py)
+    frontends: Optional[int] = Field(None, ge=0, le=64,
+                                     description="HTTP frontend processes in front of one engine process; 0 = "
+                                                 "everything in one process; unset = one per two cores (1..8)")
+
     # --- threads (2-core machines: keep the sum near the core count)
     workers: int = Field(2, ge=1, le=64, description="threads decoding uploads / tokenising texts")
     preprocess_processes: int = Field(0, ge=0, le=64, description="worker processes decoding + preprocessing "

@@ -67,15 +67,20 @@ class ServerState:
         s = self.settings
         return LoadOptions(device=s.device, intra_op_threads=s.intra_op_threads, onnx_cache_dir=s.onnx_cache_dir)
 
+    def set_threads(self) -> None:
+        """The one place the server sets torch's intra-op threads (the engine's models and, in split
+        serving, each frontend's torch preprocessing too): the model's threads on the torch backend,
+        one for the decoding glue next to onnxruntime (exporters.onnx.runtime.thread_policy says why)."""
+        from exporters.onnx.runtime import apply_thread_policy
+
+        apply_thread_policy(self.settings.backend, self.settings.intra_op_threads)
+
     def _load(self) -> None:
         """Blocking: import plugins, load every model, warm it up (runs in a thread)."""
         s = self.settings
         for module in s.plugins:
             importlib.import_module(module)
-        # torch threads: the model's (torch backend) or the decoding glue's, 1 (onnxruntime backend).
-        from exporters.onnx.runtime import apply_thread_policy
-
-        apply_thread_policy(s.backend, s.intra_op_threads)
+        self.set_threads()
         if s.classifier is not None:
             backend = load_backend(s.backend, s.classifier, "image-classification", self.options())
             if s.warmup:
@@ -142,6 +147,12 @@ class ServerState:
                 expected[served.name if served else Path(path).name] = self.status if served else (
                     "failed" if self.status == "failed" else "loading")
         return expected
+
+    def render_metrics(self) -> bytes:
+        """The Prometheus text /metrics returns (queue depths refreshed first)."""
+        for served in self.served():
+            self.metrics.queue_depth.labels(served.name).set(served.batcher.depth)
+        return self.metrics.render()
 
     def model_info(self) -> list[dict[str, Any]]:
         out = []

@@ -22,11 +22,15 @@ __all__ = ["ServedTranslator"]
 
 
 class ServedTranslator:
-    """One translation model: backend (a step-API stepper + tokenizer), limits and its batcher."""
+    """One translation model: backend (a step-API stepper + tokenizer), limits and its batcher.
+
+    In an HTTP frontend process `backend` only needs `name`, `config` and `tokenizer` and `batcher`
+    forwards jobs to the engine process (see ServedClassifier)."""
 
     task = "translation"
 
-    def __init__(self, backend: TranslatorBackend, settings: ServerSettings, metrics: Metrics) -> None:
+    def __init__(self, backend: TranslatorBackend, settings: ServerSettings, metrics: Metrics,
+                 batcher: Any = None) -> None:
         self.backend = backend
         self.name = backend.name
         self.tokenizer = backend.tokenizer
@@ -43,6 +47,9 @@ class ServedTranslator:
             max_queue_size=settings.max_queue_size,
             queue_timeout_s=settings.queue_timeout_s,
         )
+        if batcher is not None:
+            self.batcher = batcher
+            return
         self.batcher = ContinuousBatcher(
             self.name, backend.stepper, self.generation.bos_id, self.generation.eos_id, self.generation.pad_id,
             self.generation.length_penalty, policy, settings.max_batch_tokens,

@@ -347,9 +347,47 @@ def test_server_survived_the_bad_inputs(client) -> None:
 def test_openapi_document_and_docs(client) -> None:
     doc = client.get("/openapi.json").json()
     body = doc["paths"]["/classify"]["post"]["requestBody"]["content"]
-    assert set(body) == {"multipart/form-data", "application/json"}
+    assert set(body) == {"multipart/form-data", "application/json", "image/png", "image/jpeg", "image/webp",
+                         "image/bmp"}  # raw image bodies (one image, options in the query string)
     assert body["application/json"]["schema"]["properties"]["top_k"]["maximum"] == 10  # this model's labels
     assert body["application/json"]["schema"]["properties"]["images"]["maxItems"] == 16  # this server's limit
     assert "/translate" in doc["paths"] and "/v1/models" in doc["paths"]
     assert "securitySchemes" not in doc.get("components", {})  # no API key configured, none documented
     assert client.get("/docs").status_code == 200
+
+
+# ------------------------------------------------------------------------------------- raw image bodies
+
+
+def test_raw_image_body_matches_multipart(client, digit_images) -> None:
+    """`Content-Type: image/png` with the file as the whole body: the same answer as a multipart upload."""
+    for data in digit_images[:3]:
+        raw = client.post("/classify?top_k=3", content=data, headers={"Content-Type": "image/png"})
+        form = client.post("/classify", files=[("files", ("x.png", data))], data={"top_k": "3"})
+        assert raw.status_code == 200, raw.text
+        assert raw.json() == form.json()
+    r = client.post("/classify?explain=true&top_k=1", content=digit_images[0], headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and "explanation" in r.json()["predictions"][0]
+
+
+@pytest.mark.parametrize(
+    "query, body, status, code",
+    [
+        ("", b"", 422, "empty_request"),
+        ("", b"not an image", 422, "invalid_image"),
+        ("?top_k=0", None, 422, "invalid_request"),
+        ("?top_k=x", None, 422, "invalid_request"),
+        ("?explain=maybe", None, 422, "invalid_request"),
+        ("?topk=3", None, 422, "invalid_request"),
+    ],
+)
+def test_raw_image_body_bad_input(client, digit_images, query: str, body, status: int, code: str) -> None:
+    data = digit_images[0] if body is None else body
+    r = client.post(f"/classify{query}", content=data, headers={"Content-Type": "image/png"})
+    assert r.status_code == status, r.text
+    assert r.json()["code"] == code and r.json()["detail"]
+
+
+def test_query_parameters_refused_outside_raw_bodies(client, digit_images) -> None:
+    r = client.post("/classify?top_k=2", files=[("files", ("x.png", digit_images[0]))])
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request"

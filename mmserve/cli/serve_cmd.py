@@ -16,7 +16,7 @@ import typer
 
 from mmserve.errors import UserError
 
-__all__ = ["serve", "build_settings", "run_server"]
+__all__ = ["serve", "build_settings", "run_server", "run_in_process"]
 
 _BUNDLED = {"classifier": "digits-vit", "translator": "numbers-en-de"}
 _HINT = {"classifier": "make train-bundled (or pass --classifier DIR)",
@@ -69,12 +69,28 @@ def build_settings(**overrides):
 
 
 def run_server(settings) -> None:
-    """Serve until SIGINT/SIGTERM; uvicorn drains in-flight requests for up to shutdown_grace_s."""
+    """Serve until SIGINT/SIGTERM. Split by default: `settings.frontends` HTTP processes and one
+    engine process (server/supervisor.py); `frontends=0` runs everything in this process."""
+    from server.supervisor import default_frontends
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    frontends = default_frontends() if settings.frontends is None else settings.frontends
+    if frontends > 0:
+        from server.supervisor import run_split
+
+        error = run_split(settings, frontends)
+        if error is not None:
+            raise UserError(f"the server stopped because a model failed to load: {error}")
+        return
+    run_in_process(settings)
+
+
+def run_in_process(settings) -> None:
+    """The whole server in this process: one event loop for HTTP and the batchers' results."""
     import uvicorn
 
     from server.app import create_app
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     state = app.state.server
     config = uvicorn.Config(
@@ -103,6 +119,9 @@ def serve(
     max_batch_size: Optional[int] = typer.Option(None, help="items per model run [32]"),
     max_queue_delay_ms: Optional[float] = typer.Option(None, help="wait this long to fill a batch [2]"),
     max_queue_size: Optional[int] = typer.Option(None, help="queued items per model before 503 [1024]"),
+    frontends: Optional[int] = typer.Option(
+        None, help="HTTP frontend processes in front of one engine process (0 = one process for everything) "
+                   "[one per two cores, 1..8]"),
     workers: Optional[int] = typer.Option(None, help="threads decoding uploads / tokenising [2]"),
     preprocess_processes: Optional[int] = typer.Option(
         None, help="processes decoding + preprocessing images, to use every core (0 = threads) [0]"),
@@ -118,7 +137,7 @@ def serve(
     settings = build_settings(
         classifier=classifier, translator=translator, backend=backend, device=device, host=host, port=port,
         max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
-        workers=workers, preprocess_processes=preprocess_processes, intra_op_threads=threads, max_batch_tokens=max_batch_tokens, onnx_cache_dir=onnx_cache_dir,
+        frontends=frontends, workers=workers, preprocess_processes=preprocess_processes, intra_op_threads=threads, max_batch_tokens=max_batch_tokens, onnx_cache_dir=onnx_cache_dir,
         plugins=plugin, cors_origins=cors_origin, log_level=log_level, access_log=access_log,
     )
     run_server(settings)

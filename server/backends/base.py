@@ -75,6 +75,12 @@ class ClassifierBackend(Backend):
     def run(self, pixel_values: np.ndarray, explain: bool = False) -> ClassifierOutput:
         """pixel_values [B, C, H, W] float32 -> class probabilities (+ attention weights if explain)."""
 
+    def input_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """Where the batcher stacks a batch's rows before `run`. A GPU backend returns page-locked
+        (pinned) host memory here, so the batch reaches the device in ONE asynchronous copy instead of
+        a stack, a pin and a copy."""
+        return np.empty(shape, dtype)
+
     def warmup(self) -> None:
         arch = self.config.model_architecture()
         x = np.zeros((1, arch.in_chans, arch.img_size, arch.img_size), dtype=np.float32)
