@@ -18,7 +18,7 @@ PY := $(BIN)/python
 STAMP_DIR := $(dir $(PY))..
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: help install install-dev test test-fast serve export-bundled train-bundled kernels bench clean
+.PHONY: help install install-dev browser test test-fast serve export-bundled train-bundled kernels bench clean
 
 help:
 	@echo "make serve   - install, export the bundled models to ONNX (once), start the server on $(HOST):$(PORT)"
@@ -46,7 +46,17 @@ install-dev: $(STAMP_DIR)/.mmserve-dev
 kernels: install
 	$(BIN)/mmserve kernels build --allow-failure
 
-test: install-dev
+# The playground's browser tests (tests/test_playground.py) drive Debian's chromium through its
+# chromedriver. Installed when missing: CI runs as root, a developer's machine goes through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "chromium/chromedriver missing and no apt-get: tests/test_playground.py will skip (fails under CI=1)"; fi
+
+test: install-dev browser
 	$(BIN)/mmserve kernels build --allow-failure
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import schemas
 from .errors import ApiError
 from .middleware import RequestContextMiddleware
+from .playground import mount_playground
 from .routes import ENDPOINTS, build_router, json_error
 from .settings import ServerSettings
 from .state import ServerState
@@ -63,6 +64,7 @@ def create_app(settings: Optional[ServerSettings] = None, state: Optional[Server
     )
     app.state.server = state
     app.include_router(build_router(state))
+    mount_playground(app)
 
     # ------------------------------------------------------------------ error handlers
 
