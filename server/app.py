@@ -158,6 +158,7 @@ def _openapi(app: FastAPI, state: ServerState) -> dict[str, Any]:
                       "description": "image files (PNG, JPEG, WebP, BMP); repeat the field for several"},
             "top_k": {"type": "integer", "minimum": 1, **top_k, "default": 5},
             "explain": {"type": "boolean", "default": False},
+            "model": {"type": "string", "maxLength": 200, "description": "model name (GET /v1/models)"},
         },
     }
     translate = _json_schema(
@@ -182,6 +183,8 @@ def _openapi(app: FastAPI, state: ServerState) -> dict[str, Any]:
          "description": "raw image bodies only (multipart and JSON carry it in the body)"},
         {"name": "explain", "in": "query", "required": False, "schema": {"type": "boolean"},
          "description": "raw image bodies only"},
+        {"name": "model", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200},
+         "description": "raw image bodies only: the model name (default: the server's default classifier)"},
     ]
     paths["/translate"]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
         "schema": translate,
