@@ -53,6 +53,7 @@ class ServedClassifier:
         arch = backend.config.model_architecture()
         self.grid = arch.img_size // arch.patch_size
         self.input_shape = (arch.in_chans, arch.img_size, arch.img_size)  # one row of pixel values
+        self.attention_fn = getattr(arch, "attention_fn", None)  # multimax | softmax: what a comparison shows
         self.image_limits = limits
         self.preprocess = Preprocessor(self.preprocessing, limits, preprocess_processes, run_in_threads)
         self.batcher = batcher if batcher is not None else DynamicBatcher(self.name, self._run_batch, policy, metrics)
@@ -115,5 +116,6 @@ class ServedClassifier:
 
     def model_info(self) -> dict[str, Any]:
         return {"labels": self.labels, "extra": {"patch_grid": [self.grid, self.grid],
-                                                  "preprocessing": self.preprocessing.kind}}
+                                                  "preprocessing": self.preprocessing.kind,
+                                                  "attention_fn": self.attention_fn}}
 
