@@ -308,7 +308,7 @@ class ServerState:
             if self.status == "loading" and not self.slots:
                 raise ApiError(503, "not_ready", "models are still loading; poll /readyz", headers={"Retry-After": "1"})
             raise ApiError(404, "unknown_model", f"no model named {name!r}; {available}")
-        if task is not None and slot.task != task:
+        if task is not None and slot.task is not None and slot.task != task:
             raise ApiError(422, "wrong_task", f"model {name!r} is a {slot.task} model; {available}")
         if slot.state == "ready" and slot.served is not None:
             return slot.served

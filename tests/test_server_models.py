@@ -79,10 +79,12 @@ def repository(tmp_path_factory, tiny_translator):
     (repo / "broken").mkdir()
     (repo / "broken" / "config.json").write_text("{not json")
     bad = repo / "bad-serving"
-    bad.mkdir()
-    for f in DIRS[MULTIMAX].iterdir():
-        (bad / f.name).symlink_to(f)
+    shutil.copytree(DIRS[MULTIMAX], bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "name": "bad-serving"}))
     (bad / "serving.json").write_text(json.dumps({"max_batch_size": 0, "colour": "blue"}))
+    duplicate = repo / "zz-duplicate"  # a second directory claiming a served model's name
+    duplicate.symlink_to(DIRS[MULTIMAX])
     return repo
 
 
@@ -112,15 +114,18 @@ def test_repository_models_and_states(client) -> None:
     assert models[SOFTMAX]["max_batch_size"] == 4 and models[SOFTMAX]["max_queue_delay_ms"] == 1.0  # serving.json
     assert models[MULTIMAX]["max_batch_size"] == 32  # the server default
     assert models["broken"]["state"] == "failed" and "not valid JSON" in models["broken"]["reason"]
-    bad = next(m for m in models.values() if m["source"].endswith("bad-serving"))
+    bad = models["bad-serving"]
     assert bad["state"] == "failed" and "serving.json" in bad["reason"] and "max_batch_size" in bad["reason"] \
         and "colour" in bad["reason"]
+    duplicate = next(m for m in models.values() if m["source"].endswith("zz-duplicate"))
+    assert duplicate["state"] == "failed" and "already served from" in duplicate["reason"]
+    assert models[MULTIMAX]["source"].endswith(MULTIMAX)
     assert client.get("/readyz").status_code == 200  # a broken directory in the repository does not stop the rest
 
 
 def test_each_request_answered_by_the_model_it_names(server, reference) -> None:
     """Concurrent requests alternate between the twins, in every way a request can name a model."""
-    labels = {m["name"]: m["labels"] for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+    labels = {m["name"]: m.get("labels") for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
 
     async def one(ac: httpx.AsyncClient, i: int) -> tuple[str, int, dict]:
         name, image, how = (MULTIMAX, SOFTMAX)[i % 2], i % len(IMAGES), (i // 2) % 3
@@ -159,7 +164,7 @@ def test_unknown_names_and_wrong_tasks(client) -> None:
     r = client.post("/translate", json={"texts": ["forty-two"], "model": "tiny-translator"})
     assert r.status_code == 200 and r.json()["model"] == "tiny-translator"
     r = client.post("/classify", files={"files": IMAGES[0]}, data={"model": "broken"})
-    assert r.status_code == 404  # a directory that is no model has no task: it serves no endpoint
+    assert r.status_code == 503 and "failed to load" in r.json()["detail"] and "not valid JSON" in r.json()["detail"]
     assert client.post("/v1/models/no-such-model/load").status_code == 404
     assert client.post("/v1/models/no-such-model/unload").status_code == 404
 
@@ -214,6 +219,11 @@ def test_unload_and_load_under_load(server, client) -> None:
 # ------------------------------------------------------------------ Open Inference Protocol (KServe v2)
 
 
+def _text(value) -> str:
+    """A BYTES element as tritonclient gives it (bytes from binary outputs, str from JSON ones)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def test_v2_with_tritonclient(server, client) -> None:
     tritonclient = pytest.importorskip("tritonclient.http", reason="pip install 'tritonclient[http]' (dev extra)")
     from tritonclient.utils import InferenceServerException
@@ -245,7 +255,7 @@ def test_v2_with_tritonclient(server, client) -> None:
     text.set_data_from_numpy(np.array([b"forty-two"], dtype=object))
     result = tc.infer("tiny-translator", [text])
     expected = client.post("/translate", json={"texts": ["forty-two"], "model": "tiny-translator"}).json()
-    assert result.as_numpy("translation")[0].decode() == expected["translations"][0]["text"]
+    assert _text(result.as_numpy("translation")[0]) == expected["translations"][0]["text"]
 
     with pytest.raises(InferenceServerException, match="no model named 'nope'"):
         tc.infer("nope", [tensor])
@@ -299,7 +309,7 @@ def test_in_process_batches_never_mix_models(reference) -> None:
         sent: dict[str, set[bytes]] = {MULTIMAX: set(), SOFTMAX: set()}
         pre = ImagePreprocessing.model_validate(load_model_dir(DIRS[MULTIMAX]).config.preprocessing)
         rows = [images_to_pixel_values([decode_image(b)], pre).numpy()[0].tobytes() for b in IMAGES]
-        labels = {m["name"]: m["labels"] for m in httpx.get(f"{srv.url}/v1/models").json()["models"]}
+        labels = {m["name"]: m.get("labels") for m in httpx.get(f"{srv.url}/v1/models").json()["models"]}
 
         async def one(ac: httpx.AsyncClient, i: int) -> None:
             name = MULTIMAX if i % len(IMAGES) < len(IMAGES) // 2 else SOFTMAX  # each image goes to one model
