@@ -20,7 +20,8 @@ from .transport import cancel_on_disconnect, decode_base64, media_type, parse_js
 __all__ = ["build_router", "ENDPOINTS"]
 
 ENDPOINTS = {"/classify", "/translate", "/healthz", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json",
-             "/v2", "/v2/health/live", "/v2/health/ready"}
+             "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready",
+             "/v2/models/{name}/infer", "/v1/models/{name}/load", "/v1/models/{name}/unload"}
 
 _ERRORS = {code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 500, 503, 504)}
 _FORM_FIELDS = {"files", "top_k", "explain", "model"}
