@@ -188,10 +188,15 @@ class ServerState:
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
             return
         fatal = [s for s in self.slots.values() if s.state == "failed" and not s.spec.from_repository]
-        if fatal or not any(s.state == "ready" for s in self.slots.values()):
+        defaults = {"image-classification": self.settings.default_classifier,
+                    "translation": self.settings.default_translator}
+        wrong_default = [f"default {task} model {name!r} is not served (models: {self.names_for(task)})"
+                         for task, name in defaults.items()
+                         if name is not None and (name not in self.slots or self.slots[name].task != task)]
+        if fatal or wrong_default or not any(s.state == "ready" for s in self.slots.values()):
             failed = fatal or [s for s in self.slots.values() if s.state == "failed"]
             self.status = "failed"
-            self.error = "; ".join(f"{s.name}: {s.reason}" for s in failed) or "no model to serve"
+            self.error = "; ".join(wrong_default + [f"{s.name}: {s.reason}" for s in failed]) or "no model to serve"
             if self.on_fatal is not None and self.settings.exit_on_load_error:
                 self.on_fatal()
             return

@@ -353,6 +353,19 @@ def test_in_process_batches_never_mix_models(reference) -> None:
         unregister_backend("recording")
 
 
+def test_unknown_default_model_fails_the_start() -> None:
+    srv = ServerThread(ServerSettings(models=[DIRS[MULTIMAX]], backend="torch", warmup=False,
+                                      default_classifier="digits-vit-typo"), wait="live")
+    try:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{srv.url}/readyz").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = httpx.get(f"{srv.url}/readyz")
+        assert r.status_code == 503 and "'digits-vit-typo' is not served" in r.json()["error"]
+    finally:
+        srv.stop()
+
+
 # ------------------------------------------------------------------ settings and CLI
 
 
