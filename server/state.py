@@ -35,7 +35,7 @@ from .repository import ModelSpec, read_model_spec, scan_repository
 from .metrics import Metrics
 from .settings import ServerSettings
 
-__all__ = ["ServerState", "ModelSlot", "TASK_OF_ENDPOINT"]
+__all__ = ["ServerState", "ModelSlot", "ENDPOINT_OF_TASK"]
 
 log = logging.getLogger("mmserve.server")
 
@@ -43,7 +43,7 @@ T = TypeVar("T")
 Served = Union[ServedClassifier, Any]  # Any: ServedTranslator (imported lazily with the translator's code)
 
 
-TASK_OF_ENDPOINT = {"image-classification": "/classify", "translation": "/translate"}
+ENDPOINT_OF_TASK = {"image-classification": "/classify", "translation": "/translate"}
 
 
 @dataclass
@@ -75,7 +75,6 @@ class ServerState:
         self.started = time.time()
         self.loaded_s: Optional[float] = None
         self._pool: Optional[anyio.CapacityLimiter] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._runtime_ready = False
         self.on_fatal: Optional[Callable[[], None]] = None  # set by the runner: stop serving after a failed load
 
@@ -307,7 +306,7 @@ class ServerState:
                                    headers={"Retry-After": "1"})
                 raise ApiError(404, "no_model", f"this server does not serve a {task} model")
         slot = self.slots.get(name)
-        available = f"models for {TASK_OF_ENDPOINT.get(task, 'this endpoint')}: {self.names_for(task)}" if task \
+        available = f"models for {ENDPOINT_OF_TASK.get(task, 'this endpoint')}: {self.names_for(task)}" if task \
             else f"models: {sorted(self.slots)}"
         if slot is None:
             if self.status == "loading" and not self.slots:
