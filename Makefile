@@ -21,7 +21,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .PHONY: help install install-dev browser test test-fast serve export-bundled train-bundled kernels bench clean
 
 help:
-	@echo "make serve   - install, export the bundled models to ONNX (once), start the server on $(HOST):$(PORT)"
+	@echo "make serve   - install, export the bundled models (MultiMax and SoftMax digits twins, translator) to ONNX (once), start the server on $(HOST):$(PORT)"
 	@echo "make test    - install the dev extras and run the test suite"
 	@echo "make bench   - run the CPU benchmarks in benchmarks/ (op, attention, model, onnxruntime, server, translation vs CTranslate2)"
 
@@ -65,11 +65,12 @@ test-fast: install-dev
 
 export-bundled: install
 	$(BIN)/mmserve export models/digits-vit --format onnx --out build/onnx/digits-vit --skip-if-current
+	$(BIN)/mmserve export models/digits-vit-softmax --format onnx --out build/onnx/digits-vit-softmax --skip-if-current
 	$(BIN)/mmserve export models/numbers-en-de --format onnx --out build/onnx/numbers-en-de --skip-if-current
 
 serve: export-bundled kernels
-	$(BIN)/mmserve serve --classifier build/onnx/digits-vit --translator build/onnx/numbers-en-de \
-		--backend onnxruntime --host $(HOST) --port $(PORT)
+	$(BIN)/mmserve serve --classifier build/onnx/digits-vit --model build/onnx/digits-vit-softmax \
+		--translator build/onnx/numbers-en-de --backend onnxruntime --host $(HOST) --port $(PORT)
 
 train-bundled: install-dev
 	$(BIN)/mmserve train classifier --out models/digits-vit

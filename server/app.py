@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import schemas
@@ -28,6 +28,7 @@ from .routes import ENDPOINTS, build_router, json_error
 from .settings import ServerSettings
 from .state import ServerState
 from .transport import ClientGone
+from .v2 import build_v2_router
 
 __all__ = ["create_app"]
 
@@ -64,13 +65,15 @@ def create_app(settings: Optional[ServerSettings] = None, state: Optional[Server
     )
     app.state.server = state
     app.include_router(build_router(state))
+    app.include_router(build_v2_router(state))
     mount_playground(app)
 
     # ------------------------------------------------------------------ error handlers
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
-        return json_error(exc.status, exc.code, exc.detail, _request_id(request), exc.headers, exc.errors)
+        response = json_error(exc.status, exc.code, exc.detail, _request_id(request), exc.headers, exc.errors)
+        return _with_v2_error(request, response, exc.detail)
 
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, exc: ClientGone) -> Response:
@@ -79,15 +82,17 @@ def create_app(settings: Optional[ServerSettings] = None, state: Optional[Server
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return json_error(exc.status_code, code, str(exc.detail), _request_id(request),
-                          dict(exc.headers) if exc.headers else None)
+        response = json_error(exc.status_code, code, str(exc.detail), _request_id(request),
+                              dict(exc.headers) if exc.headers else None)
+        return _with_v2_error(request, response, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in exc.errors()]
-        return json_error(422, "invalid_request", "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors),
-                          _request_id(request), errors=errors)
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        return _with_v2_error(request, json_error(422, "invalid_request", detail, _request_id(request), errors=errors),
+                              detail)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -108,6 +113,18 @@ def create_app(settings: Optional[ServerSettings] = None, state: Optional[Server
 
     app.openapi = lambda: _openapi(app, state)  # type: ignore[method-assign]
     return app
+
+
+def _with_v2_error(request: Request, response: Response, detail: str) -> Response:
+    """Open Inference Protocol clients (tritonclient) read an error's text from `error`."""
+    if not request.url.path.startswith("/v2"):
+        return response
+    import orjson
+
+    body = orjson.loads(response.body)
+    body["error"] = detail
+    return JSONResponse(body, status_code=response.status_code, headers={
+        k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")})
 
 
 def _example_png() -> str:
@@ -158,6 +175,7 @@ def _openapi(app: FastAPI, state: ServerState) -> dict[str, Any]:
                       "description": "image files (PNG, JPEG, WebP, BMP); repeat the field for several"},
             "top_k": {"type": "integer", "minimum": 1, **top_k, "default": 5},
             "explain": {"type": "boolean", "default": False},
+            "model": {"type": "string", "maxLength": 200, "description": "model name (GET /v1/models)"},
         },
     }
     translate = _json_schema(
@@ -176,7 +194,7 @@ def _openapi(app: FastAPI, state: ServerState) -> dict[str, Any]:
                         "explain": {"value": {"images": [_EXAMPLE_PNG], "top_k": 1, "explain": True}}}},
                     **{kind: {"schema": {"type": "string", "format": "binary",
                                          "description": "one image as the whole body; optional query string "
-                                                        "?top_k=N&explain=true|false (raw bodies only: not "
+                                                        "?top_k=N&explain=true|false&model=NAME (raw bodies only: not "
                                                         "declared as parameters, which would apply to every "
                                                         "content type)"}}
                        for kind in ("image/png", "image/jpeg", "image/webp", "image/bmp")}},

@@ -52,6 +52,8 @@ class ServedClassifier:
         self.preprocessing = ImagePreprocessing.model_validate(backend.config.preprocessing)
         arch = backend.config.model_architecture()
         self.grid = arch.img_size // arch.patch_size
+        self.input_shape = (arch.in_chans, arch.img_size, arch.img_size)  # one row of pixel values
+        self.attention_fn = getattr(arch, "attention_fn", None)  # multimax | softmax: what a comparison shows
         self.image_limits = limits
         self.preprocess = Preprocessor(self.preprocessing, limits, preprocess_processes, run_in_threads)
         self.batcher = batcher if batcher is not None else DynamicBatcher(self.name, self._run_batch, policy, metrics)
@@ -102,10 +104,22 @@ class ServedClassifier:
             predictions.append(prediction)
         return predictions
 
+    async def probabilities(self, rows: list[np.ndarray], request_id: str) -> np.ndarray:
+        """[N, labels] class probabilities in label order, through the same batcher as `classify`
+        (the Open Inference Protocol's tensor answer; server/v2.py)."""
+        results: list[Row] = await self.batcher.submit(rows, key=False, request_id=request_id)
+        index = {label: i for i, label in enumerate(self.labels)}
+        probs = np.zeros((len(results), len(self.labels)), dtype=np.float32)
+        for i, row in enumerate(results):
+            for entry in row.ranking["top_k"]:
+                probs[i, index[entry["label"]]] = entry["score"]
+        return probs
+
     def close(self) -> None:
         self.preprocess.close()
 
     def model_info(self) -> dict[str, Any]:
         return {"labels": self.labels, "extra": {"patch_grid": [self.grid, self.grid],
-                                                  "preprocessing": self.preprocessing.kind}}
+                                                  "preprocessing": self.preprocessing.kind,
+                                                  "attention_fn": self.attention_fn}}
 

@@ -12,7 +12,8 @@ contract holds unchanged; this module only adds the socket loop:
 - a `Ping` gets the load status and the models' descriptions (readiness and /v1/models in the
   frontends come from here).
 
-Models are kept by name (`self.models`), so a model repository can add and remove entries later.
+Models are kept by name (`ServerState.slots`); a `Control` message loads or unloads one at runtime
+and is answered with the new status, so the asking frontend routes by it at once.
 SIGTERM: refuse new work, drain what is queued (`ServerState.stop`), exit 0. SIGINT is ignored: a
 Ctrl-C reaches the whole process group, and the supervisor decides when the engine stops (after the
 frontends drained their requests, which need the engine).
@@ -47,7 +48,6 @@ class EngineServer:
         self.settings = settings
         self.endpoint = endpoint
         self.state = ServerState(settings)
-        self.models: dict[str, Any] = {}
         self._tasks: dict[tuple[bytes, int], asyncio.Task] = {}
         self._stop = asyncio.Event()
         self._ctx = zmq.asyncio.Context()
@@ -76,7 +76,6 @@ class EngineServer:
 
     async def _load(self) -> None:
         await self.state.start()
-        self.models = {served.name: served for served in self.state.served()}
         if self.state.status == "failed" and self.settings.exit_on_load_error:
             self._stop.set()
 
@@ -103,6 +102,10 @@ class EngineServer:
                 task = asyncio.create_task(self._run(identity, message, [f.buffer for f in payload]))
                 self._tasks[(identity, message.id)] = task
                 task.add_done_callback(lambda _, key=(identity, message.id): self._tasks.pop(key, None))
+            elif isinstance(message, wire.Control):
+                task = asyncio.create_task(self._control(identity, message))
+                self._tasks[(identity, message.id)] = task
+                task.add_done_callback(lambda _, key=(identity, message.id): self._tasks.pop(key, None))
             elif isinstance(message, wire.Cancel):
                 task = self._tasks.get((identity, message.id))
                 if task is not None:
@@ -112,20 +115,27 @@ class EngineServer:
 
     def _status(self) -> wire.Status:
         state = self.state
-        models = []
-        if state.ready:
-            for served, info in zip(state.served(), state.model_info()):
-                models.append(wire.ModelEntry(served.name, served.task, str(served.backend.info.source), info))
+        models = [wire.ModelEntry(slot.name, slot.task or "", str(slot.spec.path), state.describe_slot(slot),
+                                  slot.state, slot.reason) for slot in state.slots.values()]
         return wire.Status(state.status, state.error, models)
 
-    async def _run(self, identity: bytes, submit: wire.Submit, frames: list[Any]) -> None:
-        served = self.models.get(submit.model)
+    async def _control(self, identity: bytes, control: wire.Control) -> None:
         try:
-            if self.state.status == "stopping":
-                raise ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "1"})
-            if served is None or not self.state.ready:
-                raise ApiError(503, "not_ready", f"model {submit.model!r} is not loaded in the engine yet",
-                               headers={"Retry-After": "1"})
+            if control.action == "load":
+                await self.state.load(control.name)
+            elif control.action == "unload":
+                await self.state.unload(control.name)
+            else:
+                raise ApiError(422, "invalid_request", f"unknown model action {control.action!r}")
+        except ApiError as exc:
+            await self._send(identity, wire.Reply(control.id, wire.ErrorInfo(exc.status, exc.code, exc.detail,
+                                                                             dict(exc.headers))))
+            return
+        await self._send(identity, wire.Reply(control.id), wire.ENCODER.encode(self._status()))
+
+    async def _run(self, identity: bytes, submit: wire.Submit, frames: list[Any]) -> None:
+        try:
+            served = self.state.resolve(None, submit.model)
             payloads = wire.unpack_payloads(submit, frames)
             results = await served.batcher.submit(payloads, key=submit.key, request_id=submit.request_id)
         except asyncio.CancelledError:

@@ -37,6 +37,7 @@ __all__ = ["EngineClient", "RemoteBatcher", "EngineUnavailable"]
 log = logging.getLogger("mmserve.server.frontend")
 
 PING_INTERVAL_S = 0.5
+_STATUS_DECODER = msgspec.msgpack.Decoder(wire.Status)
 
 
 class EngineUnavailable(ApiError):
@@ -90,6 +91,24 @@ class EngineClient:
             if self._pending.pop(message_id, None) is not None:  # the engine still holds it: drop its items
                 await self._send_quietly(wire.Cancel(message_id))
             raise
+
+    async def control(self, action: str, name: str, timeout: float) -> wire.Status:
+        """Ask the engine to load or unload a model; returns its status after the change."""
+        message_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[message_id] = (future, _STATUS_DECODER)
+        try:
+            await self._sock.send(wire.ENCODER.encode(wire.Control(message_id, action, name)), flags=zmq.DONTWAIT)
+        except zmq.Again:
+            self._pending.pop(message_id, None)
+            raise EngineUnavailable("the engine process is not connected (restarting); retry shortly") from None
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"the engine did not finish '{action} {name}' within {timeout:.0f} s; "
+                                           "see GET /v1/models for its state") from None
+        finally:
+            self._pending.pop(message_id, None)
 
     async def _send_quietly(self, message: Any) -> None:
         try:

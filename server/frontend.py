@@ -4,8 +4,9 @@ models live in the engine process.
 The frontend does everything that is per request and parallel: HTTP, validation, body parsing,
 image decoding and preprocessing, tokenisation, response encoding. What it needs of a model for that
 is light (labels, preprocessing config, tokenizer), read from the directory the engine loaded it from,
-which the engine reports with its status. The engine's status also drives readiness: /readyz is 200
-only while the engine says every model is loaded and warm.
+which the engine reports with its status. The engine's status also drives readiness (/readyz is 200
+only while the engine says it is ready) and every model's state; loading and unloading a model is
+asked of the engine, whose answer (its new status) this frontend routes by at once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from .backends import BackendInfo
 from .classify import ServedClassifier
 from .engine_client import EngineClient, RemoteBatcher
 from .settings import ServerSettings
-from .state import ServerState
+from .errors import ApiError
+from .repository import ModelSpec
+from .state import ModelSlot, ServerState
 
 __all__ = ["RemoteState", "RemoteModel", "create_frontend_app"]
 
@@ -50,7 +53,6 @@ class RemoteState(ServerState):
         super().__init__(settings)
         self.client = EngineClient(endpoint, self._on_status, self._on_lost)
         self._entries: dict[str, wire.ModelEntry] = {}
-        self._info: list[dict[str, Any]] = []
 
     async def start(self) -> None:
         """Runs for the app's lifetime (create_app's lifespan cancels it at shutdown)."""
@@ -62,21 +64,21 @@ class RemoteState(ServerState):
         if self.status != "failed":
             self.status = "stopping"
         self.client.close()
-        if self.classifier is not None:
-            self.classifier.close()
+        for served in self.served():
+            if hasattr(served, "close"):
+                served.close()
 
     # ------------------------------------------------------------------ engine status
 
     def _on_status(self, status: wire.Status) -> None:
         if self.status == "stopping":
             return
-        if status.status == "ready":
-            try:
-                self._adopt(status.models)
-            except Exception as exc:  # a model dir the frontend cannot read: never ready, say why
-                log.exception("frontend: reading the engine's models failed")
-                self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
-                return
+        try:
+            self._adopt(status.models)
+        except Exception as exc:  # a model dir the frontend cannot read: never ready, say why
+            log.exception("frontend: reading the engine's models failed")
+            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            return
         if self.status != status.status:
             log.info("frontend: engine is %s", status.status)
         self.status, self.error = status.status, status.error
@@ -86,17 +88,41 @@ class RemoteState(ServerState):
             self.status, self.error = "loading", "the engine process is restarting"
 
     def _adopt(self, entries: list[wire.ModelEntry]) -> None:
-        """Build the request-side half of every model the engine serves (again only if it changed)."""
+        """Mirror the engine's slots; build the request-side half of a ready model (again only if it changed)."""
+        slots: dict[str, ModelSlot] = {}
         for entry in entries:
-            known = self._entries.get(entry.name)
-            if known is not None and (known.source, known.info.get("sha256")) == (entry.source, entry.info.get("sha256")):
+            known, old = self._entries.get(entry.name), self.slots.get(entry.name)
+            same = known is not None and old is not None and (known.source, known.state, known.info.get("sha256")) \
+                == (entry.source, entry.state, entry.info.get("sha256"))
+            if same:
+                old.info = entry.info
+                slots[entry.name] = old
                 continue
-            self._entries[entry.name] = entry
-            if entry.task == "image-classification":
-                self.classifier = self._classifier(entry)
-            else:
-                self.translator = self._translator(entry)
-        self._info = [entry.info for entry in entries]
+            served = None
+            if entry.state == "ready":
+                served = self._classifier(entry) if entry.task == "image-classification" else self._translator(entry)
+            spec = ModelSpec(entry.name, Path(entry.source), entry.task or None)
+            slots[entry.name] = ModelSlot(spec, entry.state, entry.reason, served, entry.info)
+        for name, old in self.slots.items():  # replaced or gone: free its preprocessing workers
+            if old.served is not None and slots.get(name) is not old and hasattr(old.served, "close"):
+                old.served.close()
+        self.slots = slots
+        self._entries = {entry.name: entry for entry in entries}
+
+    async def load(self, name: str) -> dict[str, Any]:
+        return await self._control("load", name)
+
+    async def unload(self, name: str) -> dict[str, Any]:
+        return await self._control("unload", name)
+
+    async def _control(self, action: str, name: str) -> dict[str, Any]:
+        self._check_running()
+        status = await self.client.control(action, name, self.settings.request_timeout_s)
+        self._on_status(status)
+        slot = self.slots.get(name)
+        if slot is None:  # pragma: no cover - the engine answered for a model it does not report
+            raise ApiError(404, "unknown_model", f"no model named {name!r}")
+        return self.describe_slot(slot)
 
     def _remote_model(self, entry: wire.ModelEntry, tokenizer: Any = None) -> RemoteModel:
         from mmserve.checkpoints import read_config
@@ -108,10 +134,8 @@ class RemoteState(ServerState):
     def _classifier(self, entry: wire.ModelEntry) -> ServedClassifier:
         s = self.settings
         limits = ImageLimits(max_bytes=s.limits.max_image_bytes, max_pixels=s.limits.max_image_pixels)
-        batcher = RemoteBatcher(self.client, entry.name, wire.Row, self.policy())
-        if self.classifier is not None:
-            self.classifier.close()
-        return ServedClassifier(self._remote_model(entry), self.policy(), limits, self.metrics,
+        batcher = RemoteBatcher(self.client, entry.name, wire.Row, self._policy(entry))
+        return ServedClassifier(self._remote_model(entry), self._policy(entry), limits, self.metrics,
                                 s.preprocess_processes, self.run_in_pool, batcher=batcher)
 
     def _translator(self, entry: wire.ModelEntry) -> Any:
@@ -119,14 +143,22 @@ class RemoteState(ServerState):
 
         from .translate import ServedTranslator
 
-        batcher = RemoteBatcher(self.client, entry.name, tuple[list[int], float], self.policy())
+        batcher = RemoteBatcher(self.client, entry.name, tuple[list[int], float], self._policy(entry))
         model = self._remote_model(entry, load_tokenizer(entry.source))
         return ServedTranslator(model, self.settings, self.metrics, batcher=batcher)
 
     # ------------------------------------------------------------------ queries
 
-    def model_info(self) -> list[dict[str, Any]]:
-        return list(self._info)
+    def _policy(self, entry: wire.ModelEntry) -> Any:
+        """The engine's batching policy of this model (it applied the model's serving.json)."""
+        from .batching import BatchPolicy
+
+        info = entry.info
+        return BatchPolicy(max_batch_size=info["max_batch_size"], max_queue_delay_s=info["max_queue_delay_ms"] / 1000,
+                           max_queue_size=info["max_queue_size"], queue_timeout_s=self.settings.queue_timeout_s)
+
+    def describe_slot(self, slot: ModelSlot) -> dict[str, Any]:
+        return dict(slot.info) if slot.info is not None else super().describe_slot(slot)
 
     def render_metrics(self) -> bytes:
         return self.metrics.render()  # the engine keeps the queue-depth gauges itself

@@ -18,6 +18,18 @@ _METHODS = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
+def _template(path: str, endpoints: set[str]) -> str:
+    """Per-model routes are counted under their template (`/v2/models/{name}/infer`), so model names
+    never become label values; anything else is "other"."""
+    if path.startswith(("/v2/models/", "/v1/models/")):
+        parts = path.split("/")
+        if len(parts) >= 4:
+            template = "/".join([*parts[:3], "{name}", *parts[4:]])
+            if template in endpoints:
+                return template
+    return "other"
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: set[str]) -> None:
         self.app = app
@@ -34,7 +46,7 @@ class RequestContextMiddleware:
         request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"]
-        endpoint = path if path in self.endpoints else "other"
+        endpoint = path if path in self.endpoints else _template(path, self.endpoints)
         status = 500
         start = time.perf_counter()
         self.metrics.in_flight.inc()

@@ -19,29 +19,19 @@ from .transport import cancel_on_disconnect, decode_base64, media_type, parse_js
 
 __all__ = ["build_router", "ENDPOINTS"]
 
-ENDPOINTS = {"/classify", "/translate", "/healthz", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json"}
+ENDPOINTS = {"/classify", "/translate", "/healthz", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json",
+             "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready",
+             "/v2/models/{name}/infer", "/v1/models/{name}/load", "/v1/models/{name}/unload"}
 
-_ERRORS = {code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)}
-_FORM_FIELDS = {"files", "top_k", "explain"}
+_ERRORS = {code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 500, 503, 504)}
+_FORM_FIELDS = {"files", "top_k", "explain", "model"}
+_OPTIONS = ("top_k", "explain", "model")
 _INLINE_CHARS = 2048
 _RAW_IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/bmp"}
 
 
 def _request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id", "")
-
-
-def _require_ready(state: ServerState, served: Any, configured: bool, what: str) -> Any:
-    """The served model, or the reason it cannot take requests now (404 not configured, 503 not yet)."""
-    if not configured:
-        raise ApiError(404, "no_model", f"this server does not serve a {what} model")
-    if state.status == "stopping":
-        raise ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "1"})
-    if state.status == "failed":
-        raise ApiError(503, "not_ready", "the models failed to load; see /readyz and the server log")
-    if served is None or not state.ready:
-        raise ApiError(503, "not_ready", "models are still loading; poll /readyz", headers={"Retry-After": "1"})
-    return served
 
 
 def _form_int(value: Any, name: str) -> int:
@@ -51,6 +41,12 @@ def _form_int(value: Any, name: str) -> int:
         return int(value.strip())
     except ValueError:
         raise ApiError(422, "invalid_request", f"{name}: expected an integer, got {value[:40]!r}") from None
+
+
+def _form_str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_request", f"{name}: expected a form field, not a file")
+    return value.strip()
 
 
 def _form_bool(value: Any, name: str) -> bool:
@@ -75,11 +71,11 @@ def build_router(state: ServerState) -> APIRouter:
         if count > limits.max_images:
             raise ApiError(422, "too_many_items", f"{count} images, more than the limit of {limits.max_images}")
 
-    async def _classify_inputs(request: Request) -> tuple[list[bytes], int, bool]:
+    async def _classify_inputs(request: Request) -> tuple[list[bytes], int, bool, Optional[str]]:
         kind = media_type(request)
         if request.query_params and kind not in _RAW_IMAGE_TYPES:
             raise ApiError(422, "invalid_request", "query parameters are only for raw image bodies; multipart and "
-                                                   "JSON requests carry top_k and explain in the body")
+                                                   "JSON requests carry top_k, explain and model in the body")
         body = await read_body(request, limits.max_body_bytes)
         if kind == "multipart/form-data":
             # Generous part limits so a request with a few too many images gets the precise 422 below;
@@ -88,8 +84,8 @@ def build_router(state: ServerState) -> APIRouter:
             unknown = sorted(set(form.keys()) - _FORM_FIELDS)
             if unknown:
                 raise ApiError(422, "invalid_request", f"unknown form field(s) {unknown}; expected "
-                                                       f"'files' (repeated), 'top_k', 'explain'")
-            repeated = sorted(name for name in ("top_k", "explain") if len(form.getlist(name)) > 1)
+                                                       f"'files' (repeated), 'top_k', 'explain', 'model'")
+            repeated = sorted(name for name in _OPTIONS if len(form.getlist(name)) > 1)
             if repeated:
                 raise ApiError(422, "invalid_request", f"form field(s) {repeated} given more than once")
             _check_image_count(len(form.getlist("files")))
@@ -100,25 +96,25 @@ def build_router(state: ServerState) -> APIRouter:
                 blobs.append(await part.read())
             top_k = _form_int(form["top_k"], "top_k") if "top_k" in form else 5
             explain = _form_bool(form["explain"], "explain") if "explain" in form else False
-            return blobs, top_k, explain
+            return blobs, top_k, explain, _form_str(form["model"], "model") if "model" in form else None
         if kind == "application/json":
             req = validate(schemas.ClassifyJSONRequest, parse_json(body))
             _check_image_count(len(req.images))
             blobs = [decode_base64(text, i, limits.max_image_bytes) for i, text in enumerate(req.images)]
-            return blobs, req.top_k, req.explain
+            return blobs, req.top_k, req.explain, req.model
         if kind in _RAW_IMAGE_TYPES:
             # One image as the whole body (no multipart parsing, no base64): the cheapest upload.
             # Options come from the query string (?top_k=3&explain=true).
             params = request.query_params
-            unknown = sorted(set(params.keys()) - {"top_k", "explain"})
+            unknown = sorted(set(params.keys()) - set(_OPTIONS))
             if unknown:
                 raise ApiError(422, "invalid_request", f"unknown query parameter(s) {unknown}; expected 'top_k', "
-                                                       "'explain'")
+                                                       "'explain', 'model'")
             if not body:
                 raise ApiError(422, "empty_request", "empty body: send the image file as the request body")
             top_k = _form_int(params["top_k"], "top_k") if "top_k" in params else 5
             explain = _form_bool(params["explain"], "explain") if "explain" in params else False
-            return [body], top_k, explain
+            return [body], top_k, explain, _form_str(params["model"], "model") if "model" in params else None
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type {kind or '(none)'} not accepted: use multipart/form-data, application/json "
                        f"or a raw image ({', '.join(sorted(_RAW_IMAGE_TYPES))})")
@@ -132,9 +128,9 @@ def build_router(state: ServerState) -> APIRouter:
         openapi_extra={"requestBody": {"required": True, "content": {}}},  # filled in by app.custom_openapi
     )
     async def classify(request: Request) -> Response:
-        served = _require_ready(state, state.classifier, settings.classifier is not None, "image-classification")
         request_id = _request_id(request)
-        blobs, top_k, explain = await _classify_inputs(request)
+        blobs, top_k, explain, model = await _classify_inputs(request)
+        served = state.resolve("image-classification", model)
         if not blobs:
             raise ApiError(422, "empty_request", "no images: send at least one file in 'files' or one "
                                                  "base64 string in 'images'")
@@ -156,13 +152,13 @@ def build_router(state: ServerState) -> APIRouter:
         openapi_extra={"requestBody": {"required": True, "content": {}}},
     )
     async def translate(request: Request) -> Response:
-        served = _require_ready(state, state.translator, settings.translator is not None, "translation")
         request_id = _request_id(request)
         kind = media_type(request)
         if kind != "application/json":
             raise ApiError(415, "unsupported_media_type", f"Content-Type {kind or '(none)'} not accepted: "
                                                           "use application/json")
         req = validate(schemas.TranslateRequest, parse_json(await read_body(request, limits.max_body_bytes)))
+        served = state.resolve("translation", req.model)
         if sum(map(len, req.texts)) <= _INLINE_CHARS:  # tokenising a few short texts costs less than a thread hop
             jobs = served.prepare(req.texts, req.beam_size, req.max_length)
         else:
@@ -194,9 +190,21 @@ def build_router(state: ServerState) -> APIRouter:
         return Response(state.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/v1/models", response_model=schemas.ModelsResponse, responses={401: _ERRORS[401]},
-                dependencies=auth, summary="Served models: backend, device, sha256, batching")
+                dependencies=auth, summary="Every model: state (loading|ready|failed|unloaded), backend, batching")
     async def models() -> Response:
         return JSONResponse({"models": state.model_info()})
+
+    @router.post("/v1/models/{name}/load", response_model=schemas.ModelInfo, dependencies=auth,
+                 responses={code: _ERRORS[code] for code in (401, 404, 409, 422, 503)},
+                 summary="Load (or reload) a model at runtime; 422 with the reason when it fails")
+    async def load_model(name: str) -> Response:
+        return JSONResponse(await state.load(name))
+
+    @router.post("/v1/models/{name}/unload", response_model=schemas.ModelInfo, dependencies=auth,
+                 responses={code: _ERRORS[code] for code in (401, 404, 409, 503)},
+                 summary="Unload a model: new requests get 503, queued ones finish first")
+    async def unload_model(name: str) -> Response:
+        return JSONResponse(await state.unload(name))
 
     return router
 

@@ -34,6 +34,8 @@ class ClassifyJSONRequest(_Strict):
     images: list[str] = Field(..., min_length=1, description="base64-encoded PNG/JPEG/WebP/BMP files")
     top_k: int = Field(5, ge=1, description="how many classes to list per image (at most the label count)")
     explain: bool = Field(False, description="add each image's attention rollout over the patch grid")
+    model: Optional[str] = Field(None, max_length=200, description="model name (GET /v1/models); default: the "
+                                                                   "server's default classifier")
 
 
 class LabelScore(BaseModel):
@@ -67,6 +69,8 @@ class TranslateRequest(_Strict):
     texts: list[str] = Field(..., min_length=1, description="source sentences")
     beam_size: Optional[int] = Field(None, ge=1, description="1 = greedy (default: the model's setting)")
     max_length: Optional[int] = Field(None, ge=1, description="most target tokens per text (default: model's)")
+    model: Optional[str] = Field(None, max_length=200, description="model name (GET /v1/models); default: the "
+                                                                   "server's default translator")
 
 
 class Translation(BaseModel):
@@ -89,16 +93,22 @@ class ErrorResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """A model the server knows. Loaded models carry everything; the others name, task (when the
+    directory says), source, state and the reason."""
+
     name: str
-    task: str
-    backend: str
-    device: str
-    source: str = Field(..., description="directory the backend loaded")
-    sha256: str = Field(..., description="sha256 of the source checkpoint's weights")
+    task: Optional[str] = None
+    state: str = Field(..., description="loading | ready | failed | unloading | unloaded")
+    reason: Optional[str] = Field(None, description="why a model failed to load")
+    default: bool = Field(False, description="the model its endpoint uses when a request names none")
+    backend: Optional[str] = None
+    device: Optional[str] = None
+    source: str = Field(..., description="directory the model comes from")
+    sha256: Optional[str] = Field(None, description="sha256 of the source checkpoint's weights")
     parameters: Optional[int] = None
-    max_batch_size: int
-    max_queue_delay_ms: float
-    max_queue_size: int
+    max_batch_size: Optional[int] = None
+    max_queue_delay_ms: Optional[float] = None
+    max_queue_size: Optional[int] = None
     labels: Optional[list[str]] = None
     extra: dict = Field(default_factory=dict)
 

@@ -47,6 +47,13 @@ class ServerSettings(BaseSettings):
     # --- what to serve
     classifier: Optional[Path] = Field(None, description="model dir (torch) or ONNX export dir (onnxruntime)")
     translator: Optional[Path] = None
+    models: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="more model dirs / ONNX export dirs, any task (comma-separated)")
+    model_repository: Optional[Path] = Field(
+        None, description="a directory whose every subdirectory is a model (Triton's model repository)")
+    default_classifier: Optional[str] = Field(None, description="model /classify uses when a request names "
+                                                                 "none [--classifier's, else the first classifier]")
+    default_translator: Optional[str] = Field(None, description="model /translate uses when a request names none")
     backend: str = Field("onnxruntime", description="torch | onnxruntime | any registered backend")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     onnx_cache_dir: Path = Field(REPO_ROOT / "build" / "onnx-cache",
@@ -91,7 +98,7 @@ class ServerSettings(BaseSettings):
 
     limits: Limits = Field(default_factory=Limits)
 
-    @field_validator("plugins", "cors_origins", mode="before")
+    @field_validator("plugins", "cors_origins", "models", mode="before")
     @classmethod
     def _split_csv(cls, value):
         if isinstance(value, str):
@@ -105,8 +112,8 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "ServerSettings":
-        if self.classifier is None and self.translator is None:
-            raise ValueError("nothing to serve: give --classifier and/or --translator")
+        if self.classifier is None and self.translator is None and not self.models and self.model_repository is None:
+            raise ValueError("nothing to serve: give --classifier, --translator, --model or --model-repository")
         biggest = max(self.limits.max_images, self.limits.max_texts)
         if biggest > self.max_queue_size:
             # Otherwise a request of the maximum size could never be queued, and 503 + Retry-After

@@ -24,7 +24,7 @@ import msgspec
 import numpy as np
 
 __all__ = [
-    "Submit", "Cancel", "Ping", "Reply", "Status", "ModelEntry", "ErrorInfo", "Row",
+    "Submit", "Cancel", "Ping", "Control", "Reply", "Status", "ModelEntry", "ErrorInfo", "Row",
     "ENCODER", "TO_ENGINE", "FROM_ENGINE", "pack_payloads", "unpack_payloads",
 ]
 
@@ -60,6 +60,14 @@ class Ping(msgspec.Struct, tag="ping", array_like=True):
     """Frontend -> engine: are you there, and are your models ready? (answered with a Status)."""
 
 
+class Control(msgspec.Struct, tag="control", array_like=True):
+    """Frontend -> engine: load or unload model `name` (answered by a Reply, then the new Status)."""
+
+    id: int
+    action: str  # "load" | "unload"
+    name: str
+
+
 class ErrorInfo(msgspec.Struct, array_like=True):
     """An `ApiError` raised in the engine (queue full, queue timeout, backend fault, ...), re-raised
     as the same HTTP answer by the frontend that owns the request."""
@@ -78,12 +86,15 @@ class Reply(msgspec.Struct, tag="reply", array_like=True):
 
 
 class ModelEntry(msgspec.Struct):
-    """One loaded model, as /v1/models shows it (`info`) plus where its config/tokenizer live."""
+    """One model slot of the engine, as /v1/models shows it (`info`), plus where its config/tokenizer
+    live and its state (only a "ready" model takes requests)."""
 
     name: str
     task: str
     source: str
     info: dict[str, Any]
+    state: str = "ready"
+    reason: Optional[str] = None
 
 
 class Status(msgspec.Struct, tag="status", array_like=True):
@@ -95,7 +106,7 @@ class Status(msgspec.Struct, tag="status", array_like=True):
 
 
 ENCODER = msgspec.msgpack.Encoder(enc_hook=str)  # str(): paths and other plain values in model info
-TO_ENGINE = msgspec.msgpack.Decoder(Union[Submit, Cancel, Ping])
+TO_ENGINE = msgspec.msgpack.Decoder(Union[Submit, Cancel, Ping, Control])
 FROM_ENGINE = msgspec.msgpack.Decoder(Union[Reply, Status])
 
 

@@ -1,5 +1,6 @@
 """The playground page at `/` in a real browser: headless Debian Chromium driven by selenium against the
-real server (uvicorn subprocess, bundled digits-vit and numbers-en-de on the torch backend).
+real server (uvicorn subprocess, bundled digits-vit, its SoftMax twin digits-vit-softmax and
+numbers-en-de on the torch backend; the page shows the twins side by side).
 
 Each check compares what the page shows with what the public API answers for the same input, so the
 page can neither invent a result nor drop one: the label of an uploaded file and of a drawing made with
@@ -32,6 +33,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 CLASSIFIER = REPO / "models" / "digits-vit"
+TWIN = REPO / "models" / "digits-vit-softmax"
 TRANSLATOR = REPO / "models" / "numbers-en-de"
 SAMPLES = REPO / "samples"
 SHOT_DIR = REPO / "build" / "playground"
@@ -49,7 +51,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @pytest.fixture(scope="module")
 def server():
-    srv = ServerProcess(["--classifier", str(CLASSIFIER), "--translator", str(TRANSLATOR), "--backend", "torch"])
+    srv = ServerProcess(["--classifier", str(CLASSIFIER), "--model", str(TWIN), "--translator", str(TRANSLATOR),
+                         "--backend", "torch"])
     yield srv
     assert srv.stop(), srv.output()
 
@@ -146,10 +149,10 @@ def check_against_api(driver, api: httpx.Client, image: bytes, filename: str) ->
     wait_for(lambda: by_testid(driver, "prediction-label").text == expected["label"]
              and driver.find_element(By.CSS_SELECTOR, ".panel").get_attribute("aria-busy") == "false",
              f"the label {expected['label']!r} that /classify gives this input")
-    bars = driver.find_elements(By.CSS_SELECTOR, ".bars li .bar-label")
+    bars = driver.find_elements(By.CSS_SELECTOR, ".panel:first-child .bars li .bar-label")  # the default model's
     assert [b.text for b in bars] == [t["label"] for t in expected["top_k"]]
     fills = driver.execute_script(  # drawn bar length / track length, per bar
-        """return [...document.querySelectorAll('.bars li')].map(li =>
+        """return [...document.querySelectorAll('.panel:first-child .bars li')].map(li =>
              li.querySelector('.bar-fill').getBoundingClientRect().width /
              li.querySelector('.bar-track').getBoundingClientRect().width);""")
     for shown, item in zip(fills, expected["top_k"]):
@@ -251,8 +254,37 @@ def test_dropped_photo_is_classified_and_a_bad_file_shows_the_api_error(page, ap
     error = by_testid(page, "classify-error")
     wait_for(lambda: error.is_displayed() and refused.json()["detail"] in error.text, "the API's error message")
     assert by_testid(page, "prediction-label").text == ""  # the photo's answer is not left beside the error
-    logged = console_entries(page)  # the deliberate 4xx only
-    assert len(logged) == 1 and "/classify" in logged[0]["message"] and str(refused.status_code) in logged[0]["message"], logged
+    logged = console_entries(page)  # the deliberate 4xx only, once per panel (each asks its own model)
+    assert len(logged) == 2 and all("/classify" in e["message"] and str(refused.status_code) in e["message"]
+                                     for e in logged), logged
+
+
+def test_multimax_and_softmax_twins_side_by_side(page, api):
+    """One panel per served classifier, the default (MultiMax) first: each shows its own model's label,
+    bars and attention sparsity, as /classify answers with that `model`."""
+    panels = page.find_elements(By.CSS_SELECTOR, ".panel")
+    assert [p.get_attribute("data-model") for p in panels] == ["digits-vit", "digits-vit-softmax"]
+    assert "multimax" in panels[0].text.lower() and "softmax" in panels[1].text.lower()
+    sample = SAMPLES / "seven-typed.png"
+    by_testid(page, "image-input").send_keys(str(sample))
+    answers = {}
+    for name in ("digits-vit", "digits-vit-softmax"):
+        r = api.post("/classify", files={"files": (sample.name, sample.read_bytes())},
+                     data={"top_k": "5", "explain": "true", "model": name})
+        assert r.status_code == 200 and r.json()["model"] == name, r.text
+        answers[name] = r.json()["predictions"][0]
+    assert answers["digits-vit"]["explanation"]["sparsity"] != answers["digits-vit-softmax"]["explanation"]["sparsity"]
+    for panel in panels:
+        expected = answers[panel.get_attribute("data-model")]
+        label = panel.find_element(By.CSS_SELECTOR, '[data-testid="prediction-label"]')
+        wait_for(lambda: label.text == expected["label"] and panel.get_attribute("aria-busy") == "false",
+                 f"{panel.get_attribute('data-model')}'s label {expected['label']!r}")
+        bars = panel.find_elements(By.CSS_SELECTOR, ".bars li")
+        assert [b.get_attribute("aria-label") for b in bars] == \
+            [f"{t['label']}: {100 * t['score']:.1f} %" for t in expected["top_k"]]
+        caption = panel.find_element(By.CSS_SELECTOR, ".sparsity")
+        assert float(caption.get_attribute("data-sparsity")) == expected["explanation"]["sparsity"]
+        assert panel.find_element(By.CSS_SELECTOR, '[data-testid="attention-map"]').is_displayed()
 
 
 # A "7" as a person draws it: the top bar, then the long diagonal (fractions of the canvas).

@@ -1,8 +1,9 @@
 """`mmserve serve`: run the batched inference server (FastAPI under uvicorn).
 
 Every flag has an `MMSERVE_*` environment variable (flags win); limits and the rest of the knobs are
-environment-only (see server/settings.py). With neither --classifier nor --translator (nor their
-environment variables) it serves the bundled models/digits-vit and models/numbers-en-de.
+environment-only (see server/settings.py). With no model named anywhere (--classifier, --translator,
+--model, --model-repository or their environment variables) it serves the bundled models/digits-vit,
+its SoftMax twin models/digits-vit-softmax and models/numbers-en-de.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from mmserve.errors import UserError
 __all__ = ["serve", "build_settings", "run_server", "run_in_process"]
 
 _BUNDLED = {"classifier": "digits-vit", "translator": "numbers-en-de"}
-_HINT = {"classifier": "make train-bundled (or pass --classifier DIR)",
+_BUNDLED_EXTRA = ["digits-vit-softmax"]  # the SoftMax twin, served beside the MultiMax model for comparison
+_MODEL_SOURCES = ("classifier", "translator", "models", "model_repository")
+_HINT = {"model": "make train-bundled (or pass --model DIR)",
+         "classifier": "make train-bundled (or pass --classifier DIR)",
          "translator": "make train-bundled (or pass --translator DIR)"}
 
 
@@ -41,10 +45,12 @@ def build_settings(**overrides):
     given = {k: v for k, v in overrides.items() if v is not None and v != []}
     env = {k.upper() for k in os.environ}
     bundled = set()
-    if not any(k in given for k in _BUNDLED) and not env & {"MMSERVE_CLASSIFIER", "MMSERVE_TRANSLATOR"}:
+    if not any(k in given for k in _MODEL_SOURCES) and not env & {f"MMSERVE_{k.upper()}" for k in _MODEL_SOURCES}:
         for what, name in _BUNDLED.items():
             given[what] = default_model_dir(name)
             bundled.add(what)
+        given["models"] = [default_model_dir(name) for name in _BUNDLED_EXTRA]
+        bundled.add("models")
     try:
         settings = ServerSettings(**given)
     except ValidationError as exc:
@@ -54,6 +60,11 @@ def build_settings(**overrides):
         path = getattr(settings, what)
         if path is not None:
             _check_dir(Path(path), what, what in bundled)
+    for path in settings.models:
+        _check_dir(Path(path), "model", "models" in bundled)
+    repository = settings.model_repository
+    if repository is not None and not Path(repository).is_dir():
+        raise UserError(f"{repository}: model repository does not exist or is not a directory")
     import importlib
 
     from server.backends import available_backends
@@ -112,6 +123,11 @@ def run_in_process(settings) -> None:
 def serve(
     classifier: Optional[Path] = typer.Option(None, help="image classifier: model dir (torch) or ONNX export dir"),
     translator: Optional[Path] = typer.Option(None, help="translator: model dir (torch) or ONNX export dir"),
+    model: list[Path] = typer.Option([], help="one more model (any task): model dir or ONNX export dir; repeatable"),
+    model_repository: Optional[Path] = typer.Option(
+        None, help="directory whose every subdirectory is a model (broken ones are reported, the rest serve)"),
+    default_classifier: Optional[str] = typer.Option(None, help="model name /classify uses when none is named"),
+    default_translator: Optional[str] = typer.Option(None, help="model name /translate uses when none is named"),
     backend: Optional[str] = typer.Option(None, help="torch | onnxruntime | tensorrt (any registered backend)"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda[:N]"),
     host: Optional[str] = typer.Option(None, help="bind address [127.0.0.1]"),
@@ -135,7 +151,8 @@ def serve(
 ) -> None:
     """Serve /classify and /translate with per-model dynamic batching (API key: MMSERVE_API_KEY)."""
     settings = build_settings(
-        classifier=classifier, translator=translator, backend=backend, device=device, host=host, port=port,
+        classifier=classifier, translator=translator, models=model, model_repository=model_repository,
+        default_classifier=default_classifier, default_translator=default_translator, backend=backend, device=device, host=host, port=port,
         max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
         frontends=frontends, workers=workers, preprocess_processes=preprocess_processes, intra_op_threads=threads, max_batch_tokens=max_batch_tokens, onnx_cache_dir=onnx_cache_dir,
         plugins=plugin, cors_origins=cors_origin, log_level=log_level, access_log=access_log,

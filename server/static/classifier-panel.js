@@ -2,8 +2,8 @@
 // the input with its sparsity, latency, or the API's error.
 //
 // A panel knows one model and nothing about where its input came from, so showing a second model
-// (the SoftMax twin next to MultiMax, once the server can serve two classifiers) is one more
-// `createClassifierPanel` call in a side-by-side container; nothing here changes.
+// (the SoftMax twin next to MultiMax) is one more `createClassifierPanel` call in a side-by-side
+// container (main.js makes one per served classifier).
 
 import { describeError, formatMs } from "./api.js";
 import { centredSquare, drawAttention, drawRegion, inkSquare } from "./heatmap.js";
@@ -20,6 +20,7 @@ export function createClassifierPanel(container, template, model) {
   const error = $(".error");
   panel.dataset.model = model.name;
   $(".panel-model").textContent = model.name;
+  if (model.attention) $(".panel-attention").textContent = `${model.attention} attention`;
   attentionMap.setAttribute("aria-label", `Attention of ${model.name} over the input`);
   container.append(panel);
 

@@ -1,11 +1,14 @@
 // Wires the page to the public API: /v1/models says what is served, /classify (multipart upload
-// with explain=true) fills the classifier panels, /translate fills the translation box.
+// with explain=true and the panel's `model`) fills one panel per served classifier - the MultiMax
+// model and its SoftMax twin side by side, each with its attention map and sparsity - and
+// /translate fills the translation box.
 
 import { callApi, describeError, formatMs, getApiKey, setApiKey } from "./api.js";
 import { createClassifierPanel } from "./classifier-panel.js";
 import { createDrawingPad } from "./drawing-pad.js";
 
 const TOP_K = 5;
+const MAX_PANELS = 4; // side by side: more would leave each map too small to read
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -24,7 +27,10 @@ async function loadModels() {
     list.replaceChildren(...data.models.map((m) => {
       const item = document.createElement("li");
       item.className = "model-chip";
-      item.textContent = `${m.name} · ${m.task} · ${m.backend}/${m.device}`;
+      const ready = !m.state || m.state === "ready";
+      item.textContent = ready ? `${m.name} · ${m.task} · ${m.backend}/${m.device}` : `${m.name} · ${m.state}`;
+      if (!ready) item.classList.add("unavailable");
+      if (m.reason) item.title = m.reason;
       return item;
     }), timing);
     return data.models;
@@ -40,13 +46,15 @@ async function loadModels() {
 function setupClassifier(models) {
   const container = $("classifier-panels");
   const template = $("classifier-panel-template");
-  const classifiers = (models || []).filter((m) => m.task === "image-classification");
-  // The server answers /classify with its one classifier; a second served classifier (the SoftMax
-  // twin) would get its own panel here, side by side.
-  const served = classifiers.length ? classifiers.slice(0, 1) : [{ name: "classifier", extra: {} }];
+  const classifiers = (models || []).filter(
+    (m) => m.task === "image-classification" && (!m.state || m.state === "ready"));
+  // The default model first (what /classify answers without a `model`), the others beside it.
+  classifiers.sort((a, b) => Number(Boolean(b.default)) - Number(Boolean(a.default)));
+  const served = classifiers.length ? classifiers.slice(0, MAX_PANELS) : [{ name: "classifier", extra: {} }];
   for (const m of served) {
     state.panels.push(createClassifierPanel(container, template, {
-      name: m.name, preprocessing: (m.extra || {}).preprocessing || "ink-grid",
+      name: m.name, preprocessing: (m.extra || {}).preprocessing || "ink-grid", served: classifiers.includes(m),
+      attention: (m.extra || {}).attention_fn,
     }));
     if (m.labels && m.labels.length) state.topK = Math.min(TOP_K, m.labels.length);
   }
@@ -65,13 +73,22 @@ async function classify(prepare, sourceName) {
   state.panels.forEach((p) => p.setBusy(true));
   try {
     const { file, picture } = await prepare();
-    const form = new FormData();
-    form.append("files", file, file.name || "drawing.png");
-    form.append("top_k", String(state.topK));
-    form.append("explain", "true");
-    const { data, ms } = await callApi("/classify", { method: "POST", body: form });
+    // One request per panel, all in flight together: each panel shows its own model's answer.
+    const outcomes = await Promise.all(state.panels.map(async (panel) => {
+      const form = new FormData();
+      form.append("files", file, file.name || "drawing.png");
+      form.append("top_k", String(state.topK));
+      form.append("explain", "true");
+      if (panel.model.served) form.append("model", panel.model.name);
+      try {
+        const { data, ms } = await callApi("/classify", { method: "POST", body: form });
+        return () => panel.showPrediction(data.predictions[0], picture, ms);
+      } catch (err) {
+        return () => panel.showError(err);
+      }
+    }));
     if (!current()) return;
-    state.panels.forEach((p) => p.showPrediction(data.predictions[0], picture, ms));
+    outcomes.forEach((show) => show());
     $("source-line").textContent = `Showing ${sourceName}.`;
   } catch (err) {
     if (!current()) return;
