@@ -97,6 +97,10 @@ class RemoteState(ServerState):
                 self.translator = self._translator(entry)
         self._info = [entry.info for entry in entries]
 
+    def _batcher(self, entry: wire.ModelEntry, result_type: Any) -> Any:
+        """Where a model's items go: the engine process here (the Ray ingress overrides this)."""
+        return RemoteBatcher(self.client, entry.name, result_type, self.policy())
+
     def _remote_model(self, entry: wire.ModelEntry, tokenizer: Any = None) -> RemoteModel:
         from mmserve.checkpoints import read_config
 
@@ -107,7 +111,7 @@ class RemoteState(ServerState):
     def _classifier(self, entry: wire.ModelEntry) -> ServedClassifier:
         s = self.settings
         limits = ImageLimits(max_bytes=s.limits.max_image_bytes, max_pixels=s.limits.max_image_pixels)
-        batcher = RemoteBatcher(self.client, entry.name, wire.Row, self.policy())
+        batcher = self._batcher(entry, wire.Row)
         if self.classifier is not None:
             self.classifier.close()
         return ServedClassifier(self._remote_model(entry), self.policy(), limits, self.metrics,
@@ -118,7 +122,7 @@ class RemoteState(ServerState):
 
         from .translate import ServedTranslator
 
-        batcher = RemoteBatcher(self.client, entry.name, tuple[list[int], float], self.policy())
+        batcher = self._batcher(entry, tuple[list[int], float])
         model = self._remote_model(entry, load_tokenizer(entry.source))
         return ServedTranslator(model, self.settings, self.metrics, batcher=batcher)
 
