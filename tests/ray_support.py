@@ -7,6 +7,7 @@ import ipaddress
 import os
 import signal
 import subprocess
+import time
 from typing import Optional
 
 import psutil
@@ -43,6 +44,14 @@ class RayServerProcess(ServerProcess):
                  replicas: int = 2, ready_timeout: float = 300) -> None:
         ray_args = ["--ray", "--replicas", str(replicas)] + (["--ray-address", address] if address else [])
         super().__init__(ray_args + args, env=env, ready_timeout=ready_timeout)
+        # /readyz is 200 once one replica of each model answers; `serve.run` returns (and the CLI
+        # says so) once every replica is up. Tests that count replicas need the latter.
+        deadline = time.monotonic() + ready_timeout
+        while "serving on Ray at" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mmserve serve --ray did not finish deploying:\n{self.output()}")
+            time.sleep(0.2)
 
     def stop(self, timeout: float = 60) -> bool:
         """SIGTERM: the CLI removes its application (and a Ray it started) and exits 0."""
