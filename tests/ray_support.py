@@ -10,10 +10,13 @@ import subprocess
 import time
 from typing import Optional
 
+import httpx
 import psutil
 from conftest import ServerProcess
+from test_server_split import _HEADERS, _multipart
 
-__all__ = ["RayCluster", "RayServerProcess", "ray_processes", "listening_addresses", "non_loopback"]
+__all__ = ["RayCluster", "RayServerProcess", "ray_processes", "listening_addresses", "remote_peers", "non_loopback",
+           "replica_pids", "labels"]
 
 # Small Ray for CI's 2 cores: a smaller object store, no log deduplication work.
 TEST_RAY_ENV = {"RAY_DEDUP_LOGS": "0", "RAY_object_store_memory": str(200 * 1024 * 1024)}
@@ -117,3 +120,15 @@ def non_loopback(entries: list[tuple[str, int, str]]) -> list[tuple[str, int, st
         if not addr.is_loopback:
             bad.append((ip, port, name))
     return bad
+
+
+def replica_pids(deployment: str) -> list[int]:
+    """Pids of the replicas of `deployment` in the application "mmserve"."""
+    return sorted(p.pid for p in ray_processes() if p.name().startswith(f"ray::ServeReplica:mmserve:{deployment}"))
+
+
+def labels(url: str, images: list[bytes]) -> list[str]:
+    """The top label the server gives each image (one request per image)."""
+    with httpx.Client(base_url=url, timeout=30) as c:
+        return [c.post("/classify", content=_multipart(img), headers=_HEADERS).json()["predictions"][0]["label"]
+                for img in images]
