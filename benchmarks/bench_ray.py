@@ -8,9 +8,11 @@ with 1 and with 8 images per request, closed-loop load at --concurrency connecti
     ray-2       2 replicas
     ray-2-mor5  2 replicas with Ray's default max_ongoing_requests (5) instead of mmserve's
                 2 x max_batch_size: how much Ray's per-replica admission limit starves batching
+    ray-2-sbatch 2 replicas batching with Ray's `@serve.batch` (same batch size and wait) instead of
+                the project's dynamic batcher
 
 All Ray variants are applications of one private Ray (loopback) started here, under route prefixes
-(/r1, /r2, /r2m5) on one Serve HTTP port. Targets are measured in interleaved rounds (every target
+(/r1, /r2, /r2m5, /r2sb) on one Serve HTTP port. Targets are measured in interleaved rounds (every target
 once per round, the order rotating) and the medians reported, so load from other processes on a
 shared machine hits all alike; ratios are throughput / plain's in the same run.
 
@@ -47,11 +49,44 @@ from bench_server import (  # noqa: E402  (the load generator and inputs of the 
     stop_server,
 )
 
-RAY_APPS = {  # name -> (route prefix, replicas, max_ongoing_requests or None for mmserve's default)
-    "ray-1": ("/r1", 1, None),
-    "ray-2": ("/r2", 2, None),
-    "ray-2-mor5": ("/r2m5", 2, 5),
+RAY_APPS = {  # name -> (route prefix, replicas, max_ongoing_requests or None for mmserve's default, batching)
+    "ray-1": ("/r1", 1, None, "mmserve"),
+    "ray-2": ("/r2", 2, None, "mmserve"),
+    "ray-2-mor5": ("/r2m5", 2, 5, "mmserve"),
+    "ray-2-sbatch": ("/r2sb", 2, None, "serve.batch"),
 }
+
+
+def serve_batch_model_server(max_batch_size: int, wait_s: float) -> type:
+    """ModelServer with Ray's `@serve.batch` in place of the project's dynamic batcher: calls (one
+    per HTTP request, each with its rows) are gathered up to `max_batch_size` calls or `wait_s`,
+    their rows run as one model batch per explain flag, and the results split back per call."""
+    import asyncio
+
+    import numpy as np
+    from ray import serve
+
+    from server.ray_serve.deployments import ModelServer
+
+    class ServeBatchModelServer(ModelServer):
+        async def submit(self, items, key, request_id):
+            return await self._batched((items, key))
+
+        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=wait_s)
+        async def _batched(self, calls: list) -> list:
+            out: list = [None] * len(calls)
+            for key in {k for _, k in calls}:
+                idx = [i for i, (_, k) in enumerate(calls) if k == key]
+                rows = np.concatenate([calls[i][0] for i in idx])
+                results = await asyncio.to_thread(self.served._run_batch, key, list(rows))
+                start = 0
+                for i in idx:
+                    n = len(calls[i][0])
+                    out[i] = (results[start:start + n], None)
+                    start += n
+            return out
+
+    return ServeBatchModelServer
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,13 +122,15 @@ def start_ray_apps(args: argparse.Namespace, port: int) -> None:
     settings = ServerSettings(classifier=args.classifier, backend=args.backend, max_batch_size=args.max_batch_size,
                               max_queue_delay_ms=args.max_queue_delay_ms, intra_op_threads=args.threads,
                               workers=args.workers, onnx_cache_dir=args.onnx_cache_dir, log_level="warning")
-    for name, (prefix, replicas, ongoing) in RAY_APPS.items():
+    for name, (prefix, replicas, ongoing, batching) in RAY_APPS.items():
         app_args = RayAppArgs(settings=settings_args(settings), replicas=replicas, max_ongoing_requests=ongoing)
-        serve.run(build_app(app_args), name=name, route_prefix=prefix, blocking=False)
+        model_server = (serve_batch_model_server(args.max_batch_size, args.max_queue_delay_ms / 1000)
+                        if batching == "serve.batch" else None)
+        serve.run(build_app(app_args, model_server), name=name, route_prefix=prefix, blocking=False)
     import httpx
 
     deadline = time.monotonic() + 600
-    for prefix, _, _ in RAY_APPS.values():
+    for prefix, *_ in RAY_APPS.values():
         while httpx.get(f"http://127.0.0.1:{port}{prefix}/readyz", timeout=10).status_code != 200:
             if time.monotonic() > deadline:
                 raise SystemExit(f"{prefix} not ready after 600 s")
@@ -106,7 +143,7 @@ def main() -> None:
     plain_port, ray_port = free_port(), free_port()
     plain, load_s = start_server(args, plain_port)
     print(f"plain server ready in {load_s:.1f} s", flush=True)
-    targets = {"plain": (plain_port, "")} | {n: (ray_port, p) for n, (p, _, _) in RAY_APPS.items()}
+    targets = {"plain": (plain_port, "")} | {n: (ray_port, p) for n, (p, *_) in RAY_APPS.items()}
     results: dict = {}
     try:
         t0 = time.perf_counter()

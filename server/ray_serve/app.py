@@ -65,11 +65,15 @@ def _model_name(path: Any) -> str:
     return read_config(Path(path)).name
 
 
-def build_app(args: RayAppArgs | dict[str, Any]) -> Any:
-    """The Ray Serve application: one deployment per model, and the ingress bound to their handles."""
+def build_app(args: RayAppArgs | dict[str, Any], model_server: Optional[type] = None) -> Any:
+    """The Ray Serve application: one deployment per model, and the ingress bound to their handles.
+    `model_server`: another class for the model deployments (benchmarks/bench_ray.py puts Ray's
+    `@serve.batch` in place of the project's batcher with it)."""
     from ray import serve
 
     from .deployments import MODEL_KINDS, Ingress, ModelServer, settings_from_args
+
+    model_server = model_server or ModelServer
 
     if not isinstance(args, RayAppArgs):
         args = RayAppArgs.model_validate(args)
@@ -83,7 +87,7 @@ def build_app(args: RayAppArgs | dict[str, Any]) -> Any:
             continue
         scaling: dict[str, Any] = ({"autoscaling_config": args.autoscaling} if args.autoscaling
                                    else {"num_replicas": args.replicas})
-        deployment = serve.deployment(ModelServer).options(
+        deployment = serve.deployment(model_server).options(
             name=_model_name(path),
             ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
             max_ongoing_requests=ongoing,
