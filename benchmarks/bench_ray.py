@@ -117,7 +117,7 @@ def start_ray_apps(args: argparse.Namespace, port: int) -> None:
     from server.ray_serve.app import RayAppArgs, build_app, settings_args
     from server.settings import ServerSettings
 
-    cluster.start_or_join(None, num_cpus=8)
+    cluster.start_or_join(None, num_cpus=16)  # logical CPUs, for placement: every app's replicas fit
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = ServerSettings(classifier=args.classifier, backend=args.backend, max_batch_size=args.max_batch_size,
                               max_queue_delay_ms=args.max_queue_delay_ms, intra_op_threads=args.threads,
