@@ -23,7 +23,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 help:
 	@echo "make serve   - install, export the bundled models to ONNX (once), start the server on $(HOST):$(PORT)"
 	@echo "make test    - install the dev extras and run the test suite"
-	@echo "make bench   - run the CPU benchmarks in benchmarks/ (op, attention, model, onnxruntime, server)"
+	@echo "make bench   - run the CPU benchmarks in benchmarks/ (op, attention, model, onnxruntime, server, ray)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,7 @@ bench: install-dev kernels
 	$(PY) benchmarks/bench_model_cpu.py
 	$(PY) benchmarks/bench_onnx_cpu.py
 	$(PY) benchmarks/bench_server.py
+	$(PY) benchmarks/bench_ray.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -164,13 +164,14 @@ def main() -> None:
             plain_rps = statistics.median(x["throughput_rps"] for x in rounds["plain"])
             print(f"\n/classify, {items} image(s) per request, {args.concurrency} connections, "
                   f"median of {args.rounds} rounds x {args.duration:.0f} s, load average {os.getloadavg()[0]:.1f}")
-            print(f"  {'target':<11} {'req/s':>8} {'images/s':>9} {'x plain':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+            print(f"  {'target':<12} {'req/s':>8} {'images/s':>9} {'x plain':>8} {'p50 ms':>8} {'p99 ms':>8} "
+                  f"{'errors':>7}")
             for name, runs in rounds.items():
                 rps = statistics.median(x["throughput_rps"] for x in runs)
                 p50 = statistics.median(x["p50_ms"] for x in runs)
                 p99 = statistics.median(x["p99_ms"] for x in runs)
                 errors = sum(x["errors"] for x in runs)
-                print(f"  {name:<11} {rps:8.1f} {rps * items:9.1f} {rps / plain_rps:8.2f} {p50:8.1f} {p99:8.1f} "
+                print(f"  {name:<12} {rps:8.1f} {rps * items:9.1f} {rps / plain_rps:8.2f} {p50:8.1f} {p99:8.1f} "
                       f"{errors:7d}")
                 results.setdefault(str(items), {})[name] = {"rps": rps, "ratio": rps / plain_rps, "p50_ms": p50,
                                                             "p99_ms": p99, "errors": errors}

@@ -78,7 +78,8 @@ class ModelServer:
             raise RuntimeError(f"loading the {kind} failed: {self.state.error}")
         (self.served,) = self.state.served()
 
-    async def submit(self, items: Any, key: Any, request_id: str) -> tuple[Optional[list[Any]], Optional[wire.ErrorInfo]]:
+    async def submit(self, items: Any, key: Any,
+                     request_id: str) -> tuple[Optional[list[Any]], Optional[wire.ErrorInfo]]:
         """Run a request's items through the batcher. An ApiError (queue full, timeout, backend
         fault) comes back as data, so the ingress answers with the same status and code."""
         payloads = list(items) if isinstance(items, np.ndarray) else items
