@@ -114,7 +114,7 @@ def start_ray_apps(args: argparse.Namespace, port: int) -> None:
     from ray import serve
 
     from server.ray_serve import cluster
-    from server.ray_serve.app import RayAppArgs, build_app, settings_args
+    from server.ray_serve.app import RayAppArgs, build_application, settings_args
     from server.settings import ServerSettings
 
     cluster.start_or_join(None, num_cpus=16)  # logical CPUs, for placement: every app's replicas fit
@@ -126,7 +126,7 @@ def start_ray_apps(args: argparse.Namespace, port: int) -> None:
         app_args = RayAppArgs(settings=settings_args(settings), replicas=replicas, max_ongoing_requests=ongoing)
         model_server = (serve_batch_model_server(args.max_batch_size, args.max_queue_delay_ms / 1000)
                         if batching == "serve.batch" else None)
-        serve.run(build_app(app_args, model_server), name=name, route_prefix=prefix, blocking=False)
+        serve.run(build_application(app_args, model_server), name=name, route_prefix=prefix, blocking=False)
     import httpx
 
     deadline = time.monotonic() + 600

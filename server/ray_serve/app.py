@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..settings import ServerSettings
 
-__all__ = ["RayAppArgs", "build_app", "settings_args", "serve_config", "APP_NAME", "INGRESS_NAME"]
+__all__ = ["RayAppArgs", "build_app", "build_application", "settings_args", "serve_config", "APP_NAME", "INGRESS_NAME"]
 
 APP_NAME = "mmserve"
 INGRESS_NAME = "mmserve"
@@ -65,7 +65,12 @@ def _model_name(path: Any) -> str:
     return read_config(Path(path)).name
 
 
-def build_app(args: RayAppArgs | dict[str, Any], model_server: Optional[type] = None) -> Any:
+def build_app(args: RayAppArgs | dict[str, Any]) -> Any:
+    """The application builder of `serve run` / `serve deploy` (Ray calls it with one argument)."""
+    return build_application(args)
+
+
+def build_application(args: RayAppArgs | dict[str, Any], model_server: Optional[type] = None) -> Any:
     """The Ray Serve application: one deployment per model, and the ingress bound to their handles.
     `model_server`: another class for the model deployments (benchmarks/bench_ray.py puts Ray's
     `@serve.batch` in place of the project's batcher with it)."""
