@@ -23,7 +23,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 help:
 	@echo "make serve   - install, export the bundled models (MultiMax and SoftMax digits twins, translator) to ONNX (once), start the server on $(HOST):$(PORT)"
 	@echo "make test    - install the dev extras and run the test suite"
-	@echo "make bench   - run the CPU benchmarks in benchmarks/ (op, attention, model, onnxruntime, server, translation vs CTranslate2)"
+	@echo "make bench   - run the CPU benchmarks in benchmarks/ (op, attention, model, onnxruntime, server, ray, translation vs CTranslate2)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,7 @@ bench: install-dev kernels
 	$(PY) benchmarks/bench_model_cpu.py
 	$(PY) benchmarks/bench_onnx_cpu.py
 	$(PY) benchmarks/bench_server.py
+	$(PY) benchmarks/bench_ray.py
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/bench_translate.py
 

@@ -124,6 +124,10 @@ class RemoteState(ServerState):
             raise ApiError(404, "unknown_model", f"no model named {name!r}")
         return self.describe_slot(slot)
 
+    def _batcher(self, entry: wire.ModelEntry, result_type: Any) -> Any:
+        """Where a model's items go: the engine process here (the Ray ingress overrides this)."""
+        return RemoteBatcher(self.client, entry.name, result_type, self._policy(entry))
+
     def _remote_model(self, entry: wire.ModelEntry, tokenizer: Any = None) -> RemoteModel:
         from mmserve.checkpoints import read_config
 
@@ -134,7 +138,7 @@ class RemoteState(ServerState):
     def _classifier(self, entry: wire.ModelEntry) -> ServedClassifier:
         s = self.settings
         limits = ImageLimits(max_bytes=s.limits.max_image_bytes, max_pixels=s.limits.max_image_pixels)
-        batcher = RemoteBatcher(self.client, entry.name, wire.Row, self._policy(entry))
+        batcher = self._batcher(entry, wire.Row)
         return ServedClassifier(self._remote_model(entry), self._policy(entry), limits, self.metrics,
                                 s.preprocess_processes, self.run_in_pool, batcher=batcher)
 
@@ -143,7 +147,7 @@ class RemoteState(ServerState):
 
         from .translate import ServedTranslator
 
-        batcher = RemoteBatcher(self.client, entry.name, tuple[list[int], float], self._policy(entry))
+        batcher = self._batcher(entry, tuple[list[int], float])
         model = self._remote_model(entry, load_tokenizer(entry.source))
         return ServedTranslator(model, self.settings, self.metrics, batcher=batcher)
 

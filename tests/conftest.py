@@ -165,3 +165,17 @@ def make_tiny_translator(directory: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_translator(tmp_path_factory) -> Path:
     return make_tiny_translator(tmp_path_factory.mktemp("models") / "tiny-translator")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One private Ray cluster (loopback only) for every Ray Serve test of the session; stopped,
+    with every process it started, at the end."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]'); dev installs it")
+    from ray_support import RayCluster
+
+    cluster = RayCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -64,14 +64,25 @@ def reference(loaded, digit_images):
     return out
 
 
+# The server under test; tests/test_ray_classify.py runs this module's tests against the same
+# server deployed on Ray Serve (overriding `server` and `request_id_pattern`).
+SERVER_ARGS = ["--classifier", str(MODEL_DIR), "--backend", "torch", "--max-batch-size", "16",
+               "--max-queue-delay-ms", "5", "--workers", "2"]
+SERVER_ENV = {"MMSERVE_LIMIT_MAX_IMAGE_BYTES": "200000", "MMSERVE_LIMIT_MAX_IMAGE_PIXELS": "4000000",
+              "MMSERVE_LIMIT_MAX_BODY_BYTES": "1000000", "MMSERVE_LIMIT_MAX_IMAGES": "16"}
+
+
 @pytest.fixture(scope="module")
 def server():
-    srv = ServerProcess(["--classifier", str(MODEL_DIR), "--backend", "torch", "--max-batch-size", "16",
-                         "--max-queue-delay-ms", "5", "--workers", "2"],
-                        env={"MMSERVE_LIMIT_MAX_IMAGE_BYTES": "200000", "MMSERVE_LIMIT_MAX_IMAGE_PIXELS": "4000000",
-                             "MMSERVE_LIMIT_MAX_BODY_BYTES": "1000000", "MMSERVE_LIMIT_MAX_IMAGES": "16"})
+    srv = ServerProcess(SERVER_ARGS, env=SERVER_ENV)
     yield srv
     assert srv.stop(), srv.output()
+
+
+@pytest.fixture(scope="module")
+def request_id_pattern() -> str:
+    """The form of a request id the server assigns (the client sent none)."""
+    return r"[0-9a-f]{32}"
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +104,7 @@ def check(prediction: dict, probs: np.ndarray, labels: list[str], top_k: int) ->
 # ------------------------------------------------------------------------------------- correctness
 
 
-def test_multipart_many_files_match_model(client, loaded, digit_images, reference) -> None:
+def test_multipart_many_files_match_model(client, loaded, digit_images, reference, request_id_pattern) -> None:
     files = [("files", (f"d{i}", data, "application/octet-stream")) for i, data in enumerate(digit_images[:12])]
     r = client.post("/classify", files=files, data={"top_k": "3"})
     assert r.status_code == 200, r.text
@@ -102,7 +113,7 @@ def test_multipart_many_files_match_model(client, loaded, digit_images, referenc
     for pred, probs in zip(body["predictions"], reference[:12], strict=True):
         check(pred, probs, loaded.config.labels, 3)
         assert "explanation" not in pred
-    assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+    assert re.fullmatch(request_id_pattern, r.headers["x-request-id"])
 
 
 def test_json_base64_matches_model(client, loaded, digit_images, reference) -> None:

@@ -36,12 +36,20 @@ def alone(model, text: str, beam: int, max_length: int | None = None) -> tuple[s
     return translate(stepper, tokenizer, [text], beam_size=beam, max_length=max_length)[0]
 
 
+# The server under test; tests/test_ray_translate.py runs this module's tests against the same
+# server deployed on Ray Serve (overriding `server`).
+SERVER_ENV = {"MMSERVE_LIMIT_MAX_TEXTS": "8", "MMSERVE_LIMIT_MAX_TEXT_CHARS": "200",
+              "MMSERVE_LIMIT_MAX_BEAM_SIZE": "4", "MMSERVE_LIMIT_MAX_OUTPUT_TOKENS": "40"}
+
+
+def server_args(tiny_translator) -> list[str]:
+    return ["--translator", str(tiny_translator), "--backend", "torch", "--max-batch-size", "24",
+            "--max-queue-delay-ms", "2", "--max-batch-tokens", "1200"]
+
+
 @pytest.fixture(scope="module")
 def server(tiny_translator):
-    srv = ServerProcess(["--translator", str(tiny_translator), "--backend", "torch", "--max-batch-size", "24",
-                         "--max-queue-delay-ms", "2", "--max-batch-tokens", "1200"],
-                        env={"MMSERVE_LIMIT_MAX_TEXTS": "8", "MMSERVE_LIMIT_MAX_TEXT_CHARS": "200",
-                             "MMSERVE_LIMIT_MAX_BEAM_SIZE": "4", "MMSERVE_LIMIT_MAX_OUTPUT_TOKENS": "40"})
+    srv = ServerProcess(server_args(tiny_translator), env=SERVER_ENV)
     yield srv
     assert srv.stop(), srv.output()
 

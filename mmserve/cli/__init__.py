@@ -1,4 +1,4 @@
-"""The `mmserve` command line: train, import, export, parity, serve, kernels.
+"""The `mmserve` command line: train, import, export, parity, serve, ray-config, kernels.
 
 Each command lives in its own module; heavy imports (torch models, onnx, the server) happen inside
 the commands so `mmserve --help` stays fast. Errors that are the user's to fix (`UserError`) print one
@@ -28,9 +28,10 @@ _stderr = Console(stderr=True)
 
 def _register_commands() -> None:
     """Attach every subcommand; each module keeps its heavy imports inside the command body."""
-    from . import export_cmd, import_cmd, kernels_cmd, parity_cmd, serve_cmd, train_cmd, translate_cmd
+    from . import export_cmd, import_cmd, kernels_cmd, parity_cmd, ray_cmd, serve_cmd, train_cmd, translate_cmd
 
     app.command("serve")(serve_cmd.serve)
+    app.command("ray-config")(ray_cmd.ray_config)
     app.command("export")(export_cmd.export)
     app.command("parity")(parity_cmd.parity)
     app.command("translate")(translate_cmd.translate)

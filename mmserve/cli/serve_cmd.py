@@ -148,6 +148,9 @@ def serve(
     cors_origin: list[str] = typer.Option([], help="allow this browser origin (CORS is off by default)"),
     log_level: Optional[str] = typer.Option(None, help="critical|error|warning|info|debug"),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log"),
+    ray: bool = typer.Option(False, "--ray", help="serve on Ray Serve (pip install 'mmserve[ray]'), same API"),
+    ray_address: Optional[str] = typer.Option(None, help="--ray: join this cluster [a private local Ray]"),
+    replicas: int = typer.Option(1, min=1, help="--ray: replicas per model"),
 ) -> None:
     """Serve /classify and /translate with per-model dynamic batching (API key: MMSERVE_API_KEY)."""
     settings = build_settings(
@@ -157,4 +160,8 @@ def serve(
         frontends=frontends, workers=workers, preprocess_processes=preprocess_processes, intra_op_threads=threads, max_batch_tokens=max_batch_tokens, onnx_cache_dir=onnx_cache_dir,
         plugins=plugin, cors_origins=cors_origin, log_level=log_level, access_log=access_log,
     )
+    if ray:
+        from .ray_cmd import run_on_ray
+
+        return run_on_ray(settings, ray_address, replicas)
     run_server(settings)
