@@ -79,6 +79,20 @@ def _multipart(png: bytes) -> bytes:
             f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{_BOUNDARY}--\r\n".encode()
 
 
+def _label_once_every_frontend_is_ready(c: httpx.Client, png: bytes, timeout: float = 30.0) -> str:
+    """The label of one image. /readyz answered 200 from ONE frontend; another frontend may not have had
+    the engine's first status yet and answers 503 `not_ready` + Retry-After (the documented contract), so
+    a client that gets that retries, as this does; any other answer fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = c.post("/classify", content=_multipart(png), headers=_HEADERS)
+        if r.status_code == 200:
+            return r.json()["predictions"][0]["label"]
+        assert r.status_code == 503 and r.json()["code"] == "not_ready" and "retry-after" in r.headers, r.text
+        assert time.monotonic() < deadline, f"a frontend stayed not ready for {timeout} s: {r.text}"
+        time.sleep(float(r.headers["retry-after"]) / 10)
+
+
 def _pids(server: ServerProcess, pattern: str) -> list[int]:
     return [int(p) for p in re.findall(pattern, server.output())]
 
@@ -94,8 +108,7 @@ def test_engine_killed_under_load_fails_fast_and_recovers(digits) -> None:
     server = ServerProcess(["--classifier", str(MODEL_DIR), "--backend", "torch", "--frontends", "1"])
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            want = [c.post("/classify", content=_multipart(img), headers=_HEADERS).json()["predictions"][0]["label"]
-                    for img in images]
+            want = [_label_once_every_frontend_is_ready(c, img) for img in images]
         engine = _pids(server, r"engine process (\d+) started")[-1]
         t0 = time.monotonic()
         outcomes = asyncio.run(_load(server.url, images, lambda: os.kill(engine, signal.SIGKILL)))
@@ -116,8 +129,7 @@ def test_engine_killed_under_load_fails_fast_and_recovers(digits) -> None:
         wait_ready(server.url, 120, server.proc)  # the supervisor started a new engine by itself
         assert len(_pids(server, r"engine process (\d+) started")) == 2
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            r = c.post("/classify", content=_multipart(images[0]), headers=_HEADERS)
-            assert r.status_code == 200 and r.json()["predictions"][0]["label"] == want[0]
+            assert _label_once_every_frontend_is_ready(c, images[0]) == want[0]
             metrics = c.get("/metrics").text
             assert "mmserve_ready 1.0" in metrics
     finally:
@@ -130,8 +142,7 @@ def test_frontend_killed_under_load_is_replaced(digits) -> None:
     server = ServerProcess(["--classifier", str(MODEL_DIR), "--backend", "torch", "--frontends", "2"])
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            want = [c.post("/classify", content=_multipart(img), headers=_HEADERS).json()["predictions"][0]["label"]
-                    for img in images]
+            want = [_label_once_every_frontend_is_ready(c, img) for img in images]
         frontends = _pids(server, r"Started server process \[(\d+)\]")
         assert len(frontends) == 2
         killed_at: list[float] = []
