@@ -21,39 +21,66 @@ from typing import Literal, Optional
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["FontSet", "font_files", "render_digit", "FontsMissingError", "DEFAULT_FONT"]
+from mmserve.errors import UserError
+
+__all__ = ["FontSet", "FONT_SETS", "font_files", "render_digit", "FontsMissingError", "DEFAULT_FONT"]
 
 FontSet = Literal["training", "heldout"]
 DEFAULT_FONT = "pillow-default"
 """Stands for Pillow's bundled scalable font (`ImageFont.load_default(size)`)."""
 
 _FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", str(Path.home() / ".local/share/fonts"))
-_PATTERNS: dict[str, tuple[str, int, str]] = {
-    # set: (glob, expected count, Debian packages)
-    "training": ("Liberation*.ttf", 16, "fonts-liberation"),
-    "heldout": ("DejaVu*.ttf", 22, "fonts-dejavu-core fonts-dejavu-extra"),
+_STYLES = ("Regular", "Bold", "Italic", "BoldItalic")
+_DEJAVU = (
+    "DejaVuMathTeXGyre",
+    *(f"DejaVuSans{s}" for s in ("", "-Bold", "-BoldOblique", "-ExtraLight", "-Oblique")),
+    *(f"DejaVuSansCondensed{s}" for s in ("", "-Bold", "-BoldOblique", "-Oblique")),
+    *(f"DejaVuSansMono{s}" for s in ("", "-Bold", "-BoldOblique", "-Oblique")),
+    *(f"DejaVuSerif{s}" for s in ("", "-Bold", "-BoldItalic", "-Italic")),
+    *(f"DejaVuSerifCondensed{s}" for s in ("", "-Bold", "-BoldItalic", "-Italic")),
+)
+FONT_SETS: dict[str, tuple[tuple[str, ...], str]] = {
+    # set: (file names, Debian packages that install them)
+    "training": (
+        tuple(f"Liberation{family}-{style}.ttf" for family in ("Mono", "Sans", "SansNarrow", "Serif") for style in _STYLES),
+        "fonts-liberation",
+    ),
+    "heldout": (tuple(f"{name}.ttf" for name in _DEJAVU), "fonts-dejavu-core fonts-dejavu-extra"),
 }
 
 
-class FontsMissingError(RuntimeError):
-    """The fonts a data set is defined by are not installed."""
+class FontsMissingError(UserError):
+    """The fonts a data set is defined by are not installed (the message names the Debian packages)."""
+
+
+def font_files(which: FontSet, dirs: Optional[tuple[str, ...]] = None) -> tuple[str, ...]:
+    """The font set's files, sorted by name (so seeded draws pick the same fonts on every machine).
+
+    `dirs` replaces the search path (default: `MMSERVE_FONT_DIRS`, then the system font directories).
+    """
+    if dirs is None:
+        dirs = tuple(d for d in os.environ.get("MMSERVE_FONT_DIRS", "").split(":") if d) + _FONT_DIRS
+    return _font_files(which, dirs)
 
 
 @lru_cache(maxsize=None)
-def font_files(which: FontSet) -> tuple[str, ...]:
-    """The font set's files, sorted by name (so seeded draws pick the same fonts on every machine)."""
-    pattern, expected, packages = _PATTERNS[which]
-    dirs = [d for d in os.environ.get("MMSERVE_FONT_DIRS", "").split(":") if d] + list(_FONT_DIRS)
-    found: dict[str, str] = {}
+def _font_files(which: FontSet, dirs: tuple[str, ...]) -> tuple[str, ...]:
+    if which not in FONT_SETS:
+        raise ValueError(f"unknown font set {which!r} (training or heldout)")
+    names, packages = FONT_SETS[which]
+    wanted, found = set(names), {}
     for directory in dirs:
         root = Path(directory)
         if root.is_dir():
-            for path in sorted(root.rglob(pattern)):
-                found.setdefault(path.name, str(path))
-    if len(found) < expected:
+            for path in sorted(root.rglob("*.ttf")):
+                if path.name in wanted:
+                    found.setdefault(path.name, str(path))
+    missing = sorted(wanted - set(found))
+    if missing:
         raise FontsMissingError(
-            f"the {which} digit fonts need {expected} files matching {pattern}, found {len(found)} "
-            f"(install the Debian packages {packages}, or point MMSERVE_FONT_DIRS at them)"
+            f"the {which} digit fonts are incomplete: {len(missing)} of {len(names)} missing "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); install the Debian "
+            f"packages {packages}, or point MMSERVE_FONT_DIRS at a directory that has them"
         )
     files = tuple(found[name] for name in sorted(found))
     return files + ((DEFAULT_FONT,) if which == "training" else ())
