@@ -321,6 +321,9 @@ def test_training_is_reproducible(tmp_path: Path) -> None:
         roundtrip_variants=1,
         warmup_epochs=1,
         threads=1,
+        pen_samples=20,
+        typed_samples=20,
+        heldout_per_digit=0,
     )
     a = train_classifier(cfg, tmp_path / "a", show_progress=False, log=lambda _: None)
     b = train_classifier(cfg, tmp_path / "b", show_progress=False, log=lambda _: None)
@@ -332,6 +335,10 @@ def test_training_is_reproducible(tmp_path: Path) -> None:
     assert config.labels == [str(i) for i in range(10)]
     assert config.dataset["seed"] == 0 and config.dataset["test_fraction"] == 0.2
     assert config.metrics["test_total"] == 360 and config.metrics["params"] == a.params
+    assert config.metrics["synthetic_train_samples"] == 40
+    assert config.dataset["synthetic"]["pen_samples"] == 20 and "Liberation" in config.dataset["synthetic"]["training_fonts"]
+    assert list(config.metrics["sources"]) == ["sklearn-test"]
+    assert config.metrics["sources"]["sklearn-test"]["correct"] == a.test_correct
     ImagePreprocessing.model_validate(config.preprocessing)
 
 
@@ -357,6 +364,8 @@ def test_train_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "1",
         "--attention-fn",
         "softmax",
+        "--heldout-per-digit",
+        "2",
     ]
     monkeypatch.setattr("sys.argv", ["mmserve", *args])  # what the console script would see
     result = CliRunner().invoke(app, args)
@@ -366,6 +375,10 @@ def test_train_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert loaded.architecture.attention_fn == "softmax"
     card = (out / "README.md").read_text()
     assert "train classifier --out" in card and "SoftMax" in card
+    sources = loaded.config.metrics["sources"]
+    assert set(sources) == {"sklearn-test", "heldout-fonts", "heldout-pen"}
+    assert sources["heldout-fonts"]["total"] == 20 and sources["heldout-pen"]["total"] == 20
+    assert len(sources["heldout-pen"]["per_digit"]) == 10 and "22 DejaVu fonts (held out)" in card
     bad = CliRunner().invoke(app, ["train", "classifier", "--out", str(out), "--heads", "5"])
     assert bad.exit_code != 0
 
@@ -387,7 +400,7 @@ def test_bundled_reaches_reported_accuracy(bundled) -> None:
     metrics = bundled.config.metrics
     assert correct == metrics["test_correct"] and len(y) == metrics["test_total"]
     assert correct / len(y) == metrics["test_accuracy"]
-    assert metrics["test_accuracy"] >= 0.97
+    assert metrics["test_accuracy"] >= 0.985  # the issue's floor for the scikit-learn figure
     assert torch.allclose(probs, torch.softmax(logits, -1), atol=1e-6)
     size = (bundled.directory / "model.safetensors").stat().st_size
     assert size < 3 * 1024 * 1024
@@ -403,6 +416,28 @@ def test_bundled_classifies_upscaled_rendered_test_digits(bundled) -> None:
     accuracy = float((probs.argmax(1).numpy() == test.labels).mean())
     print(f"\n{bundled.config.name}: upscaled rendered test digits {accuracy:.4f}")
     assert accuracy >= 0.95, accuracy  # measured 0.9917 on both bundled models
+
+
+# Prefix sizes and floors of the cheap held-out recheck. The floors sit 3 binomial standard errors of
+# the prefix below each source's goal (fonts 95 %: n = 220, one rendering of each digit in each of the
+# 22 fonts, sigma 1.5 points -> 0.90; pen 97 %: n = 300, sigma 1.0 point -> 0.94), so a model that met
+# the goal on the full set fails here only by bad luck of about 1 in 700; the full figures are
+# recomputed by `python benchmarks/eval_digits.py --check`.
+HELDOUT_RECHECK = {"heldout-fonts": (22, 0.90), "heldout-pen": (30, 0.94)}
+
+
+def test_bundled_reads_heldout_fonts_and_pen_digits(bundled) -> None:
+    """Typed digits in fonts training never saw and pen digits from a stroke model it never saw."""
+    from mmserve.training.digits_eval import evaluate_sources
+
+    pre = ImagePreprocessing.model_validate(bundled.config.preprocessing)
+    recorded = bundled.config.metrics["sources"]
+    for source, (per_digit, floor) in HELDOUT_RECHECK.items():
+        fig = evaluate_sources(bundled.model, pre, bundled.config.dataset, [source], per_digit)[source]
+        print(f"\n{bundled.config.name} {source}: {fig['correct']}/{fig['total']} (full set {recorded[source]['accuracy']:.4f})")
+        assert fig["total"] == 10 * per_digit
+        assert fig["accuracy"] >= floor, (source, fig)
+        assert recorded[source]["total"] > fig["total"]  # the card's figure is over the whole set
 
 
 def test_box_size_20_would_break_the_round_trip() -> None:

@@ -29,6 +29,9 @@ def classifier(
     pen_samples: int = typer.Option(8000, "--pen-samples", help="synthetic pen-drawn digits (training stroke model)"),
     typed_samples: int = typer.Option(6000, "--typed-samples", help="synthetic typed digits (training fonts)"),
     sklearn_repeats: int = typer.Option(3, "--sklearn-repeats", help="passes over the sklearn split per epoch"),
+    heldout_per_digit: Optional[int] = typer.Option(
+        None, "--heldout-per-digit", help="held-out images per digit to measure after training (default: all; 0: none)"
+    ),
     no_augment: bool = typer.Option(
         False, "--no-augment", help="train on the raw sklearn grids only (no synthetic digits, no augmentation)"
     ),
@@ -65,6 +68,7 @@ def classifier(
             pen_samples=pen_samples,
             typed_samples=typed_samples,
             sklearn_repeats=sklearn_repeats,
+            heldout_per_digit=heldout_per_digit,
         )
     except ValidationError as exc:
         raise options_error(exc, "training option") from exc

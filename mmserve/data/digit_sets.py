@@ -40,6 +40,14 @@ HELDOUT_FONT_SEED = 7_000_002
 HELDOUT_SOURCES = ("heldout-fonts", "heldout-pen")
 
 
+def _pen_seed(seed: int) -> int:
+    return seed * 1000 + 1  # never equal to a held-out seed for seeds below 7,000
+
+
+def _typed_seed(seed: int) -> int:
+    return seed * 1000 + 2
+
+
 class DigitImages(NamedTuple):
     """Images with their labels and where each came from (a font file name or a stroke model)."""
 
@@ -102,12 +110,12 @@ def training_grids(
     """`pen` pen-drawn and `typed` font-rendered digits (balanced), on random pages, as ink grids."""
     grids, labels = [], []
     if pen:
-        pen_set = _pen_images(pen, "pen", seed * 1000 + 1, page=True)
+        pen_set = _pen_images(pen, "pen", _pen_seed(seed), page=True)
         grids.append(images_to_ink(pen_set.images, pre))
         labels.append(pen_set.labels)
         progress(pen)
     if typed:
-        font_set = _font_images(typed, font_files("training"), seed * 1000 + 2, page=True)
+        font_set = _font_images(typed, font_files("training"), _typed_seed(seed), page=True)
         grids.append(images_to_ink(font_set.images, pre))
         labels.append(font_set.labels)
         progress(typed)
@@ -123,9 +131,9 @@ def synthetic_recipe(pen: int, typed: int, seed: int) -> dict:
         "generator": "mmserve.data.digit_sets.training_grids",
         "pen_samples": pen,
         "pen_stroke_model": "pen",
-        "pen_seed": seed * 1000 + 1,
+        "pen_seed": _pen_seed(seed),
         "typed_samples": typed,
-        "typed_seed": seed * 1000 + 2,
+        "typed_seed": _typed_seed(seed),
         "training_fonts": ", ".join(fonts) if fonts else "-",
         "heldout": {
             "heldout-fonts": f"22 DejaVu fonts, seed {HELDOUT_FONT_SEED}",
