@@ -376,7 +376,7 @@ def test_train_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     card = (out / "README.md").read_text()
     assert "train classifier --out" in card and "SoftMax" in card
     sources = loaded.config.metrics["sources"]
-    assert set(sources) == {"sklearn-test", "heldout-fonts", "heldout-pen"}
+    assert set(sources) == {"sklearn-test", "heldout-fonts", "heldout-pen", "heldout-photo"}
     assert sources["heldout-fonts"]["total"] == 20 and sources["heldout-pen"]["total"] == 20
     assert len(sources["heldout-pen"]["per_digit"]) == 10 and "22 DejaVu fonts (held out)" in card
     bad = CliRunner().invoke(app, ["train", "classifier", "--out", str(out), "--heads", "5"])

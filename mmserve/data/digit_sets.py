@@ -9,6 +9,7 @@ training sees exactly what an upload becomes. Training and evaluation sources ne
 | training typed digits | Liberation fonts + Pillow's font, on random pages | training |
 | held-out pen digits | stroke model ``brush`` (a different model), seed `HELDOUT_PEN_SEED` | evaluation |
 | held-out fonts | the 22 DejaVu fonts, random size and position, seed `HELDOUT_FONT_SEED` | evaluation |
+| held-out photos | stroke model ``brush`` as phone photos (`as_photo`), seed `HELDOUT_PHOTO_SEED` | evaluation |
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from PIL import Image
 from mmserve.tasks.image_classification import ImagePreprocessing, image_to_ink
 
 from .digit_fonts import font_files, render_digit
-from .digit_pages import on_page
+from .digit_pages import as_photo, on_page
 from .digit_strokes import draw_digit
 
 __all__ = [
     "DigitImages",
     "HELDOUT_FONT_SEED",
     "HELDOUT_PEN_SEED",
+    "HELDOUT_PHOTO_SEED",
     "HELDOUT_SOURCES",
     "heldout_images",
     "training_grids",
@@ -37,7 +39,8 @@ __all__ = [
 
 HELDOUT_PEN_SEED = 7_000_001
 HELDOUT_FONT_SEED = 7_000_002
-HELDOUT_SOURCES = ("heldout-fonts", "heldout-pen")
+HELDOUT_PHOTO_SEED = 7_000_003
+HELDOUT_SOURCES = ("heldout-fonts", "heldout-pen", "heldout-photo")
 
 
 def _pen_seed(seed: int) -> int:
@@ -61,12 +64,14 @@ def images_to_ink(images: list[Image.Image], pre: ImagePreprocessing) -> np.ndar
     return np.stack([image_to_ink(image, pre) for image in images]).astype(np.float32)
 
 
-def _pen_images(count: int, model: str, seed: int, page: bool) -> DigitImages:
+def _pen_images(count: int, model: str, seed: int, page: bool, photo: bool = False) -> DigitImages:
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for i in range(count):
         digit = i % 10
         image = draw_digit(digit, model, rng)  # type: ignore[arg-type]
+        if photo:
+            image = as_photo(image, rng)
         images.append(on_page(image, rng) if page else image)
         labels.append(digit)
     return DigitImages(images, np.asarray(labels, dtype=np.int64), [f"stroke model {model}"] * count)
@@ -92,6 +97,8 @@ def heldout_images(source: str, per_digit: Optional[int] = None) -> DigitImages:
     size and position, plain black on white, no tilt or extra weight, as in the issue's measurement.
     heldout-pen: 200 of each digit (2,000) from the ``brush`` stroke model on a white canvas, as the
     page's drawing canvas sends them.
+    heldout-photo: 100 of each digit (1,000) from the ``brush`` stroke model (another seed) as phone
+    photos (`as_photo`: shadows and JPEG stronger than the training pages).
     """
     if source == "heldout-fonts":
         fonts = font_files("heldout")
@@ -101,6 +108,9 @@ def heldout_images(source: str, per_digit: Optional[int] = None) -> DigitImages:
     if source == "heldout-pen":
         n = 10 * min(per_digit or 200, 200)
         return _pen_images(n, "brush", HELDOUT_PEN_SEED, page=False)
+    if source == "heldout-photo":
+        n = 10 * min(per_digit or 100, 100)
+        return _pen_images(n, "brush", HELDOUT_PHOTO_SEED, page=False, photo=True)
     raise ValueError(f"unknown held-out source {source!r} (one of {', '.join(HELDOUT_SOURCES)})")
 
 
@@ -138,5 +148,6 @@ def synthetic_recipe(pen: int, typed: int, seed: int) -> dict:
         "heldout": {
             "heldout-fonts": f"22 DejaVu fonts, seed {HELDOUT_FONT_SEED}",
             "heldout-pen": f"stroke model brush, seed {HELDOUT_PEN_SEED}",
+            "heldout-photo": f"stroke model brush as phone photos, seed {HELDOUT_PHOTO_SEED}",
         },
     }

@@ -88,11 +88,11 @@ class ClassifierTrainConfig(BaseModel):
     )
     roundtrip_variants: int = Field(2, ge=0, description="round-trip renderings per training image")
     sklearn_repeats: int = Field(
-        3, ge=1, description="passes over the scikit-learn training split per epoch (it keeps its weight "
+        5, ge=1, description="passes over the scikit-learn training split per epoch (it keeps its weight "
         "next to the synthetic digits)"
     )
-    pen_samples: int = Field(8000, ge=0, description="synthetic pen-drawn digits (stroke model 'pen')")
-    typed_samples: int = Field(6000, ge=0, description="synthetic typed digits (training fonts)")
+    pen_samples: int = Field(5000, ge=0, description="synthetic pen-drawn digits (stroke model 'pen')")
+    typed_samples: int = Field(4000, ge=0, description="synthetic typed digits (training fonts)")
     max_train_samples: Optional[int] = Field(None, ge=1, description="subsample for smoke tests")
     heldout_per_digit: Optional[int] = Field(
         None, ge=0, description="held-out images per digit measured after training (None: all, 0: none)"
@@ -224,7 +224,9 @@ def evaluate(model: MultiMaxViT, pixel_values: torch.Tensor, labels: torch.Tenso
 def _preprocessing(train_ink: np.ndarray) -> ImagePreprocessing:
     """Input statistics and the stroke-width range of uploads, both from the training split."""
     scaled = train_ink / 16.0
-    pre = ImagePreprocessing(mean=[round(float(scaled.mean()), 6)], std=[round(float(scaled.std()), 6)])
+    pre = ImagePreprocessing(
+        mean=[round(float(scaled.mean()), 6)], std=[round(float(scaled.std()), 6)], flatten_background=True
+    )
     widths = [grid_stroke_width(grid, pre) for grid in train_ink]
     low, high = np.percentile(widths, [10, 90])
     return ImagePreprocessing.model_validate(

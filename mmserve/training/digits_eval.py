@@ -23,6 +23,7 @@ SOURCE_TITLES = {
     "sklearn-test": "scikit-learn digits, test split",
     "heldout-fonts": "typed, 22 DejaVu fonts (held out)",
     "heldout-pen": "pen-drawn, stroke model `brush` (held out)",
+    "heldout-photo": "pen-drawn `brush`, as phone photos (held out)",
 }
 
 
