@@ -167,6 +167,37 @@ def test_contrast_is_normalised() -> None:
     assert np.abs(image_to_ink(faint, PRE) - image_to_ink(strong, PRE)).max() < 1.0
 
 
+def _in_shadow(image: Image.Image, strength: float) -> Image.Image:
+    """The image on grey paper under a light ramp that darkens it by `strength` from left to right."""
+    ink = 1.0 - np.asarray(image, dtype=np.float64) / 255.0
+    ramp = 1.0 - strength * np.linspace(0, 1, ink.shape[1])[None, :]
+    gray = (0.9 * (1 - ink) + 0.15 * ink) * ramp
+    return Image.fromarray((gray * 255).astype(np.uint8))
+
+
+def test_flatten_background_removes_a_shadow() -> None:
+    """A 50 % light ramp across a photo: without flattening the dark side passes as ink and the crop
+    takes in half the page; with it the grid is close to the clean digit's."""
+    flat = PRE.model_copy(update={"flatten_background": True})
+    errors = {False: [], True: []}
+    for kind in ("0", "1", "7"):
+        clean = image_to_ink(draw_digit(kind, 200, width_frac=0.05), PRE)
+        shadowed = _in_shadow(draw_digit(kind, 200, width_frac=0.05), 0.5)
+        errors[False].append(np.abs(image_to_ink(shadowed, PRE) - clean).mean())
+        errors[True].append(np.abs(image_to_ink(shadowed, flat) - clean).mean())
+    # measured: off 5.1 / 0.49 / 4.9, on 0.37 / 0.05 / 0.20 (mean error per cell, of 16)
+    assert all(on < 0.5 and on < off / 2 for on, off in zip(errors[True], errors[False])), errors
+
+
+def test_flatten_background_leaves_even_light_alone() -> None:
+    flat = PRE.model_copy(update={"flatten_background": True})
+    for kind in ("0", "1", "7"):
+        image = draw_digit(kind, 120)
+        assert np.array_equal(image_to_ink(image, flat), image_to_ink(image, PRE))
+        grey_paper = Image.eval(image, lambda v: 60 + int(v * 0.6))
+        assert np.array_equal(image_to_ink(grey_paper, flat), image_to_ink(grey_paper, PRE))
+
+
 @pytest.mark.parametrize(
     "image",
     [
