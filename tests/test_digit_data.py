@@ -74,6 +74,8 @@ def test_heldout_sets_are_fixed_and_prefixes_agree() -> None:
         assert np.array_equal(np.asarray(a), np.asarray(b))
     fonts = heldout_images("heldout-fonts", 22)
     assert len(set(fonts.sources)) == 22 and np.bincount(fonts.labels).tolist() == [22] * 10
+    photos = heldout_images("heldout-photo", 1)
+    assert len(photos.images) == 10 and all(image.mode == "L" for image in photos.images)
     with pytest.raises(ValueError, match="unknown held-out source"):
         heldout_images("mnist")
 

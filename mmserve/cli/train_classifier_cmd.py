@@ -26,8 +26,8 @@ def classifier(
     heads: int = typer.Option(4, "--heads"),
     patch_size: int = typer.Option(2, "--patch-size"),
     test_fraction: float = typer.Option(0.2, "--test-fraction"),
-    pen_samples: int = typer.Option(5000, "--pen-samples", help="synthetic pen-drawn digits (training stroke model)"),
-    typed_samples: int = typer.Option(4000, "--typed-samples", help="synthetic typed digits (training fonts)"),
+    pen_samples: int = typer.Option(4000, "--pen-samples", help="synthetic pen-drawn digits (training stroke model)"),
+    typed_samples: int = typer.Option(3000, "--typed-samples", help="synthetic typed digits (training fonts)"),
     sklearn_repeats: int = typer.Option(5, "--sklearn-repeats", help="passes over the sklearn split per epoch"),
     heldout_per_digit: Optional[int] = typer.Option(
         None, "--heldout-per-digit", help="held-out images per digit to measure after training (default: all; 0: none)"

@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
@@ -270,7 +271,7 @@ _BACKGROUND_SIDE = 64
 """The background is fitted on a copy at most this many pixels wide: light changes slowly."""
 
 
-def _background(ink: np.ndarray, rounds: int = 2) -> np.ndarray:
+def _background(ink: np.ndarray, rounds: int = 2) -> Optional[np.ndarray]:
     """The smooth part of an ink map: a quadratic surface fitted to the pixels that are not ink.
 
     A shadow or a light ramp across a photo, or a vignette, would otherwise pass Otsu's global
@@ -278,7 +279,8 @@ def _background(ink: np.ndarray, rounds: int = 2) -> np.ndarray:
     grid by 0.7 of 16 per cell at the median, 4.5 at the 90th percentile). A quadratic in x and y
     follows ramps and vignettes and cannot follow a stroke; the fit uses only pixels on the
     background side of an Otsu split, refined once after the first fit has levelled the image. On a
-    clean scan or canvas the fit is a constant, which the contrast normalisation removes anyway.
+    clean scan or canvas the fit is a constant, which the contrast normalisation removes anyway, so
+    None is returned and nothing is subtracted.
     """
     h, w = ink.shape
     scale = min(1.0, _BACKGROUND_SIDE / max(h, w))
@@ -286,25 +288,38 @@ def _background(ink: np.ndarray, rounds: int = 2) -> np.ndarray:
     small = np.asarray(
         Image.fromarray(ink.astype(np.float32), mode="F").resize(small_size, Image.Resampling.BOX), np.float64
     )
-
-    def design(rows: int, cols: int) -> np.ndarray:
-        y, x = np.meshgrid(np.linspace(-1, 1, rows), np.linspace(-1, 1, cols), indexing="ij")
-        return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
-
-    a = design(*small.shape)
+    a = _quadratic_terms(*small.shape)
     values = small.ravel()
-    level = values
-    coef = np.zeros(6)
+    level, coef = values, np.zeros(6)
     for _ in range(rounds):
         mask = level < _otsu_threshold(np.clip(level, 0.0, 1.0))
-        if mask.sum() < 6:
+        if mask.sum() < 12:
             break
-        coef, *_ = np.linalg.lstsq(a[mask], values[mask], rcond=None)
-        level = values - a @ coef
-    fitted = a @ coef
+        # Least squares by the 6x6 normal equations, in plain element-wise numpy: a multi-threaded
+        # BLAS call here spins its threads on a busy machine and cost 8x the CPU of the whole upload.
+        terms = a[mask]
+        normal = (terms[:, :, None] * terms[:, None, :]).sum(axis=0)
+        try:
+            coef = np.linalg.solve(normal, (terms * values[mask, None]).sum(axis=0))
+        except np.linalg.LinAlgError:
+            break
+        level = values - (a * coef).sum(axis=1)
+    fitted = (a * coef).sum(axis=1)
     if float(fitted.max() - fitted.min()) < _FLAT_ENOUGH:
-        return np.zeros_like(ink)  # evenly lit: leave the image exactly as it is
-    return (design(h, w) @ coef).reshape(h, w)
+        return None  # evenly lit: leave the image exactly as it is
+    y = np.linspace(-1, 1, h)[:, None]
+    x = np.linspace(-1, 1, w)[None, :]
+    c = coef
+    return c[0] + c[1] * x + c[2] * y + c[3] * x * x + c[4] * x * y + c[5] * y * y
+
+
+@lru_cache(maxsize=64)
+def _quadratic_terms(rows: int, cols: int) -> np.ndarray:
+    """[rows * cols, 6]: 1, x, y, x^2, xy, y^2 on a grid spanning [-1, 1] in both directions."""
+    y, x = np.meshgrid(np.linspace(-1, 1, rows), np.linspace(-1, 1, cols), indexing="ij")
+    terms = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
+    terms.setflags(write=False)
+    return terms
 
 
 def normalized_ink(gray: np.ndarray, pre: ImagePreprocessing) -> Optional[np.ndarray]:
@@ -312,8 +327,9 @@ def normalized_ink(gray: np.ndarray, pre: ImagePreprocessing) -> Optional[np.nda
     if gray.size == 0 or float(gray.max() - gray.min()) < pre.min_contrast:
         return None
     ink = 1.0 - gray if _ink_is_dark(gray, pre.polarity) else gray.copy()
-    if pre.flatten_background:
-        ink = np.clip(ink - _background(ink), 0.0, 1.0)
+    background = _background(ink) if pre.flatten_background else None
+    if background is not None:
+        ink = np.clip(ink - background, 0.0, 1.0)
     threshold = _otsu_threshold(ink)
     background = ink[ink < threshold]
     strokes = ink[ink >= threshold]

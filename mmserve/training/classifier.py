@@ -91,8 +91,8 @@ class ClassifierTrainConfig(BaseModel):
         5, ge=1, description="passes over the scikit-learn training split per epoch (it keeps its weight "
         "next to the synthetic digits)"
     )
-    pen_samples: int = Field(5000, ge=0, description="synthetic pen-drawn digits (stroke model 'pen')")
-    typed_samples: int = Field(4000, ge=0, description="synthetic typed digits (training fonts)")
+    pen_samples: int = Field(4000, ge=0, description="synthetic pen-drawn digits (stroke model 'pen')")
+    typed_samples: int = Field(3000, ge=0, description="synthetic typed digits (training fonts)")
     max_train_samples: Optional[int] = Field(None, ge=1, description="subsample for smoke tests")
     heldout_per_digit: Optional[int] = Field(
         None, ge=0, description="held-out images per digit measured after training (None: all, 0: none)"
