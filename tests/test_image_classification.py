@@ -500,8 +500,9 @@ def test_bundled_multimax_attention_explain() -> None:
 
 
 def test_bundled_reads_printed_digits(bundled) -> None:
-    """Digits printed with Pillow's bundled font (not handwriting: a harder, shifted distribution) at
-    three sizes and three stroke weights. Chance is 10%; measured 0.77 (MultiMax) / 0.74 (SoftMax)."""
+    """Digits printed with Pillow's bundled font at three sizes and three stroke weights, placed off
+    centre. Pillow's font is one of the training fonts (issue 12), so this checks the upload path on
+    typed digits, not generalisation: the held-out fonts are measured by the test above."""
     pre = ImagePreprocessing.model_validate(bundled.config.preprocessing)
     images, labels = [], []
     for size in (48, 96, 200):

@@ -35,8 +35,8 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, Optional, Sequence
 
 import numpy as np
@@ -307,10 +307,9 @@ def _background(ink: np.ndarray, rounds: int = 2) -> Optional[np.ndarray]:
     fitted = (a * coef).sum(axis=1)
     if float(fitted.max() - fitted.min()) < _FLAT_ENOUGH:
         return None  # evenly lit: leave the image exactly as it is
-    y = np.linspace(-1, 1, h)[:, None]
+    y = np.linspace(-1, 1, h)[:, None]  # the same surface at full resolution, by broadcasting
     x = np.linspace(-1, 1, w)[None, :]
-    c = coef
-    return c[0] + c[1] * x + c[2] * y + c[3] * x * x + c[4] * x * y + c[5] * y * y
+    return coef[0] + coef[1] * x + coef[2] * y + coef[3] * x * x + coef[4] * x * y + coef[5] * y * y
 
 
 @lru_cache(maxsize=64)
@@ -327,9 +326,9 @@ def normalized_ink(gray: np.ndarray, pre: ImagePreprocessing) -> Optional[np.nda
     if gray.size == 0 or float(gray.max() - gray.min()) < pre.min_contrast:
         return None
     ink = 1.0 - gray if _ink_is_dark(gray, pre.polarity) else gray.copy()
-    background = _background(ink) if pre.flatten_background else None
-    if background is not None:
-        ink = np.clip(ink - background, 0.0, 1.0)
+    shading = _background(ink) if pre.flatten_background else None
+    if shading is not None:
+        ink = np.clip(ink - shading, 0.0, 1.0)
     threshold = _otsu_threshold(ink)
     background = ink[ink < threshold]
     strokes = ink[ink >= threshold]
