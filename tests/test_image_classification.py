@@ -449,12 +449,13 @@ def test_bundled_classifies_upscaled_rendered_test_digits(bundled) -> None:
     assert accuracy >= 0.95, accuracy  # measured 0.9917 on both bundled models
 
 
-# Prefix sizes and floors of the cheap held-out recheck. The floors sit 3 binomial standard errors of
-# the prefix below each source's goal (fonts 95 %: n = 220, one rendering of each digit in each of the
-# 22 fonts, sigma 1.5 points -> 0.90; pen 97 %: n = 300, sigma 1.0 point -> 0.94), so a model that met
-# the goal on the full set fails here only by bad luck of about 1 in 700; the full figures are
-# recomputed by `python benchmarks/eval_digits.py --check`.
-HELDOUT_RECHECK = {"heldout-fonts": (22, 0.90), "heldout-pen": (30, 0.94)}
+# Prefix sizes and floors of the cheap held-out recheck. Each prefix is a fixed sample of the full set;
+# its floor sits 3 binomial standard errors of the prefix below the issue's goal (fonts 95 %: n = 220,
+# one rendering of each digit in each of the 22 fonts, sigma 1.5 points -> 0.90; pen 97 %: n = 300,
+# sigma 1.0 point -> 0.94) or, for the photos, which have no goal, below the lower of the two models'
+# full figures (96.6 %: n = 200, sigma 1.3 points -> 0.92). The full figures are recomputed exactly
+# by `python benchmarks/eval_digits.py --check`.
+HELDOUT_RECHECK = {"heldout-fonts": (22, 0.90), "heldout-pen": (30, 0.94), "heldout-photo": (20, 0.92)}
 
 
 def test_bundled_reads_heldout_fonts_and_pen_digits(bundled) -> None:
