@@ -73,8 +73,8 @@ serve: export-bundled kernels
 		--backend onnxruntime --host $(HOST) --port $(PORT)
 
 train-bundled: install-dev digit-fonts
-	$(BIN)/mmserve train classifier --out models/digits-vit-softmax --attention-fn softmax --seed 0 --threads 2
-	$(BIN)/mmserve train classifier --out models/digits-vit --attention-fn multimax --seed 0 --threads 2 \
+	$(BIN)/mmserve train classifier --out models/digits-vit-softmax --attention-fn softmax --seed 0 --threads 1
+	$(BIN)/mmserve train classifier --out models/digits-vit --attention-fn multimax --seed 0 --threads 1 \
 		--compare-to models/digits-vit-softmax
 	$(BIN)/mmserve train translator --out models/numbers-en-de
 

@@ -15,7 +15,7 @@ def classifier(
     out: Path = typer.Option(..., "--out", help="model directory to write (replaced if it exists)"),
     attention_fn: str = typer.Option("multimax", "--attention-fn", help="multimax or softmax"),
     seed: int = typer.Option(0, "--seed", help="seeds the split, the initialisation and the data order"),
-    epochs: int = typer.Option(12, "--epochs"),
+    epochs: int = typer.Option(10, "--epochs"),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="torch intra-op threads (default: all cores)"
     ),
@@ -27,8 +27,8 @@ def classifier(
     patch_size: int = typer.Option(2, "--patch-size"),
     test_fraction: float = typer.Option(0.2, "--test-fraction"),
     pen_samples: int = typer.Option(2500, "--pen-samples", help="synthetic pen-drawn digits (training stroke model)"),
-    typed_samples: int = typer.Option(2000, "--typed-samples", help="synthetic typed digits (training fonts)"),
-    sklearn_repeats: int = typer.Option(5, "--sklearn-repeats", help="passes over the sklearn split per epoch"),
+    typed_samples: int = typer.Option(1500, "--typed-samples", help="synthetic typed digits (training fonts)"),
+    sklearn_repeats: int = typer.Option(8, "--sklearn-repeats", help="passes over the sklearn split per epoch"),
     heldout_per_digit: Optional[int] = typer.Option(
         None, "--heldout-per-digit", help="held-out images per digit to measure after training (default: all; 0: none)"
     ),

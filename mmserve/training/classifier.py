@@ -64,7 +64,7 @@ class ClassifierTrainConfig(BaseModel):
     attention_fn: Literal["multimax", "softmax"] = "multimax"
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
@@ -88,11 +88,11 @@ class ClassifierTrainConfig(BaseModel):
     )
     roundtrip_variants: int = Field(2, ge=0, description="round-trip renderings per training image")
     sklearn_repeats: int = Field(
-        5, ge=1, description="passes over the scikit-learn training split per epoch (it keeps its weight "
+        8, ge=1, description="passes over the scikit-learn training split per epoch (it keeps its weight "
         "next to the synthetic digits)"
     )
     pen_samples: int = Field(2500, ge=0, description="synthetic pen-drawn digits (stroke model 'pen')")
-    typed_samples: int = Field(2000, ge=0, description="synthetic typed digits (training fonts)")
+    typed_samples: int = Field(1500, ge=0, description="synthetic typed digits (training fonts)")
     max_train_samples: Optional[int] = Field(None, ge=1, description="subsample for smoke tests")
     heldout_per_digit: Optional[int] = Field(
         None, ge=0, description="held-out images per digit measured after training (None: all, 0: none)"
