@@ -18,7 +18,7 @@ PY := $(BIN)/python
 STAMP_DIR := $(dir $(PY))..
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: help install install-dev browser test test-fast serve export-bundled train-bundled kernels bench clean
+.PHONY: help install install-dev browser digit-fonts test test-fast serve export-bundled train-bundled kernels bench clean
 
 help:
 	@echo "make serve   - install, export the bundled models (MultiMax and SoftMax digits twins, translator) to ONNX (once), start the server on $(HOST):$(PORT)"
@@ -56,11 +56,22 @@ browser:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
 	else echo "chromium/chromedriver missing and no apt-get: tests/test_playground.py will skip (fails under CI=1)"; fi
 
-test: install-dev browser
+# The digits tests render typed digits in the held-out DejaVu fonts and the Liberation training fonts
+# (Debian packages; installed here when missing and apt-get is available).
+DIGIT_FONT_PACKAGES := fonts-dejavu-core fonts-dejavu-extra fonts-liberation
+digit-fonts:
+	@if [ -f /usr/share/fonts/truetype/dejavu/DejaVuSerifCondensed-Italic.ttf ] && \
+	    [ -f /usr/share/fonts/truetype/liberation/LiberationSansNarrow-Bold.ttf ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(DIGIT_FONT_PACKAGES); \
+	else echo "install the fonts $(DIGIT_FONT_PACKAGES) (Debian names) for the digits tests"; exit 1; fi
+
+test: install-dev browser digit-fonts
 	$(BIN)/mmserve kernels build --allow-failure
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install-dev
+test-fast: install-dev digit-fonts
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 export-bundled: install
@@ -72,8 +83,10 @@ serve: export-bundled kernels
 	$(BIN)/mmserve serve --classifier build/onnx/digits-vit --model build/onnx/digits-vit-softmax \
 		--translator build/onnx/numbers-en-de --backend onnxruntime --host $(HOST) --port $(PORT)
 
-train-bundled: install-dev
-	$(BIN)/mmserve train classifier --out models/digits-vit
+train-bundled: install-dev digit-fonts
+	$(BIN)/mmserve train classifier --out models/digits-vit-softmax --attention-fn softmax --seed 0 --threads 1
+	$(BIN)/mmserve train classifier --out models/digits-vit --attention-fn multimax --seed 0 --threads 1 \
+		--compare-to models/digits-vit-softmax
 	$(BIN)/mmserve train translator --out models/numbers-en-de
 
 # Each script prints MultiMax/SoftMax (or server/ceiling) ratios measured side by side in one run.

@@ -15,7 +15,7 @@ def classifier(
     out: Path = typer.Option(..., "--out", help="model directory to write (replaced if it exists)"),
     attention_fn: str = typer.Option("multimax", "--attention-fn", help="multimax or softmax"),
     seed: int = typer.Option(0, "--seed", help="seeds the split, the initialisation and the data order"),
-    epochs: int = typer.Option(150, "--epochs"),
+    epochs: int = typer.Option(10, "--epochs"),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="torch intra-op threads (default: all cores)"
     ),
@@ -26,13 +26,22 @@ def classifier(
     heads: int = typer.Option(4, "--heads"),
     patch_size: int = typer.Option(2, "--patch-size"),
     test_fraction: float = typer.Option(0.2, "--test-fraction"),
-    no_augment: bool = typer.Option(False, "--no-augment", help="train on the raw grids only"),
+    pen_samples: int = typer.Option(2500, "--pen-samples", help="synthetic pen-drawn digits (training stroke model)"),
+    typed_samples: int = typer.Option(1500, "--typed-samples", help="synthetic typed digits (training fonts)"),
+    sklearn_repeats: int = typer.Option(8, "--sklearn-repeats", help="passes over the sklearn split per epoch"),
+    heldout_per_digit: Optional[int] = typer.Option(
+        None, "--heldout-per-digit", help="held-out images per digit to measure after training (default: all; 0: none)"
+    ),
+    no_augment: bool = typer.Option(
+        False, "--no-augment", help="train on the raw sklearn grids only (no synthetic digits, no augmentation)"
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="model name (default: the directory's name)"),
     compare_to: Optional[Path] = typer.Option(
         None, "--compare-to", help="another trained model dir whose figures the card lists alongside"
     ),
 ) -> None:
-    """Train the digits classifier on scikit-learn's digits and write a model directory with its card."""
+    """Train the digits classifier on scikit-learn's digits plus synthetic pen and typed digits; write a
+    model directory whose card reports the sklearn test split and the held-out fonts and pen digits."""
     from pydantic import ValidationError
 
     from mmserve.errors import UserError
@@ -56,6 +65,10 @@ def classifier(
             patch_size=patch_size,
             test_fraction=test_fraction,
             augment=not no_augment,
+            pen_samples=pen_samples,
+            typed_samples=typed_samples,
+            sklearn_repeats=sklearn_repeats,
+            heldout_per_digit=heldout_per_digit,
         )
     except ValidationError as exc:
         raise options_error(exc, "training option") from exc

@@ -13,6 +13,8 @@ goes through the same steps, so it lands on the same ink grid as the training da
     grayscale (EXIF-rotated, transparency over white, 16-bit aware)
     -> ink = inverted intensity (dark ink on a light background; ``polarity="auto"`` also accepts
        light-on-dark by looking at the border)
+    -> optionally (``flatten_background``) subtract the slowly varying background (a shadow or a
+       vignette across a photo): a quadratic surface fitted to the non-ink pixels
     -> contrast normalisation: background level and ink level from an Otsu split, mapped to 0 and 1
     -> crop to the ink's bounding box
     -> scale the longest side to ``box_size`` (32) keeping the aspect ratio
@@ -34,6 +36,7 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, Optional, Sequence
 
 import numpy as np
@@ -90,6 +93,9 @@ class ImagePreprocessing(BaseModel):
         None, description="(min, max) stroke width in canvas pixels; thinner ink is dilated, bolder eroded"
     )
     peak_normalize: bool = True
+    flatten_background: bool = Field(
+        False, description="subtract a smooth background (uneven light, shadows in photos) before normalising"
+    )
 
     # resize-crop
     resize_size: Optional[int] = Field(None, ge=1, description="short side before the centre crop")
@@ -259,11 +265,70 @@ def _ink_is_dark(gray: np.ndarray, polarity: str) -> bool:
     return float(np.median(border)) >= (float(gray.min()) + float(gray.max())) / 2
 
 
+_FLAT_ENOUGH = 0.1
+"""A fitted background that varies less than this (0..1 ink units) across the image is left alone."""
+_BACKGROUND_SIDE = 64
+"""The background is fitted on a copy at most this many pixels wide: light changes slowly."""
+
+
+def _background(ink: np.ndarray, rounds: int = 2) -> Optional[np.ndarray]:
+    """The smooth part of an ink map: a quadratic surface fitted to the pixels that are not ink.
+
+    A shadow or a light ramp across a photo, or a vignette, would otherwise pass Otsu's global
+    threshold as ink and blow up the crop (measured: a 40 % light ramp across a pen digit changes its
+    grid by 0.7 of 16 per cell at the median, 4.5 at the 90th percentile). A quadratic in x and y
+    follows ramps and vignettes and cannot follow a stroke; the fit uses only pixels on the
+    background side of an Otsu split, refined once after the first fit has levelled the image. On a
+    clean scan or canvas the fit is a constant, which the contrast normalisation removes anyway, so
+    None is returned and nothing is subtracted.
+    """
+    h, w = ink.shape
+    scale = min(1.0, _BACKGROUND_SIDE / max(h, w))
+    small_size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(
+        Image.fromarray(ink.astype(np.float32), mode="F").resize(small_size, Image.Resampling.BOX), np.float64
+    )
+    a = _quadratic_terms(*small.shape)
+    values = small.ravel()
+    level, coef = values, np.zeros(6)
+    for _ in range(rounds):
+        mask = level < _otsu_threshold(np.clip(level, 0.0, 1.0))
+        if mask.sum() < 12:
+            break
+        # Least squares by the 6x6 normal equations, in plain element-wise numpy: a multi-threaded
+        # BLAS call here spins its threads on a busy machine and cost 8x the CPU of the whole upload.
+        terms = a[mask]
+        normal = (terms[:, :, None] * terms[:, None, :]).sum(axis=0)
+        try:
+            coef = np.linalg.solve(normal, (terms * values[mask, None]).sum(axis=0))
+        except np.linalg.LinAlgError:
+            break
+        level = values - (a * coef).sum(axis=1)
+    fitted = (a * coef).sum(axis=1)
+    if float(fitted.max() - fitted.min()) < _FLAT_ENOUGH:
+        return None  # evenly lit: leave the image exactly as it is
+    y = np.linspace(-1, 1, h)[:, None]  # the same surface at full resolution, by broadcasting
+    x = np.linspace(-1, 1, w)[None, :]
+    return coef[0] + coef[1] * x + coef[2] * y + coef[3] * x * x + coef[4] * x * y + coef[5] * y * y
+
+
+@lru_cache(maxsize=64)
+def _quadratic_terms(rows: int, cols: int) -> np.ndarray:
+    """[rows * cols, 6]: 1, x, y, x^2, xy, y^2 on a grid spanning [-1, 1] in both directions."""
+    y, x = np.meshgrid(np.linspace(-1, 1, rows), np.linspace(-1, 1, cols), indexing="ij")
+    terms = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
+    terms.setflags(write=False)
+    return terms
+
+
 def normalized_ink(gray: np.ndarray, pre: ImagePreprocessing) -> Optional[np.ndarray]:
     """Ink amount in [0, 1] per pixel (background 0, full ink 1), or None for a blank image."""
     if gray.size == 0 or float(gray.max() - gray.min()) < pre.min_contrast:
         return None
     ink = 1.0 - gray if _ink_is_dark(gray, pre.polarity) else gray.copy()
+    shading = _background(ink) if pre.flatten_background else None
+    if shading is not None:
+        ink = np.clip(ink - shading, 0.0, 1.0)
     threshold = _otsu_threshold(ink)
     background = ink[ink < threshold]
     strokes = ink[ink >= threshold]
