@@ -115,7 +115,7 @@ def build_application(args: RayAppArgs | dict[str, Any], model_server: Optional[
             health_check_period_s=2.0,
             **scaling,
         )
-        models[spec.name] = deployment.bind(values, str(spec.path.resolve()), spec.from_repository)
+        models[spec.name] = deployment.bind(values, str(spec.path.absolute()), spec.from_repository)
     ingress = serve.deployment(Ingress).options(
         name=INGRESS_NAME,
         num_replicas=args.ingress_replicas,
