@@ -66,13 +66,16 @@ def run_on_ray(settings: Any, address: Optional[str], replicas: int) -> None:
     """Deploy on Ray and serve until SIGINT/SIGTERM; then remove what this process created."""
     _require_ray()
     from server.ray_serve import cluster
-    from server.ray_serve.app import APP_NAME, build_app
+    from server.ray_serve.app import APP_NAME, build_app, resolve_models
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     # A private Ray counts logical CPUs for placement only: enough for every replica (1 CPU each,
     # the ingress included) even where the machine has fewer cores, which then share them.
-    models = sum(path is not None for path in (settings.classifier, settings.translator))
+    try:
+        models = len(resolve_models(settings)[0])
+    except ValueError as exc:  # a broken model directory, a default model not served: before Ray starts
+        raise UserError(f"cannot serve these models: {exc}") from None
     cluster.start_or_join(address, num_cpus=None if address else max(os.cpu_count() or 1, models * replicas + 1))
     # After ray.init: Ray's own fatal-signal handler would end this process without cleaning up.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,6 +110,10 @@ def run_on_ray(settings: Any, address: Optional[str], replicas: int) -> None:
 def ray_config(
     classifier: Optional[Path] = typer.Option(None, help="image classifier: model dir or ONNX export dir"),
     translator: Optional[Path] = typer.Option(None, help="translator: model dir or ONNX export dir"),
+    model: list[Path] = typer.Option([], help="one more model (any task): model dir or ONNX export dir; repeatable"),
+    model_repository: Optional[Path] = typer.Option(None, help="directory whose every subdirectory is a model"),
+    default_classifier: Optional[str] = typer.Option(None, help="model name /classify uses when none is named"),
+    default_translator: Optional[str] = typer.Option(None, help="model name /translate uses when none is named"),
     backend: Optional[str] = typer.Option(None, help="torch | onnxruntime | tensorrt"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda[:N]"),
     host: Optional[str] = typer.Option(None, help="address Serve's HTTP proxies bind [127.0.0.1]"),
@@ -123,13 +130,19 @@ def ray_config(
     """Print a Ray Serve config file for these models: mmserve ray-config ... > serve.yaml; serve run serve.yaml."""
     import yaml
 
-    from server.ray_serve.app import serve_config
+    from server.ray_serve.app import resolve_models, serve_config
 
     from .serve_cmd import build_settings
 
-    settings = build_settings(classifier=classifier, translator=translator, backend=backend, device=device,
+    settings = build_settings(classifier=classifier, translator=translator, models=model,
+                              model_repository=model_repository, default_classifier=default_classifier,
+                              default_translator=default_translator, backend=backend, device=device,
                               host=host, port=port, max_batch_size=max_batch_size,
                               max_queue_delay_ms=max_queue_delay_ms)
+    try:
+        resolve_models(settings)
+    except ValueError as exc:
+        raise UserError(f"cannot serve these models: {exc}") from None
     if (min_replicas is None) != (max_replicas is None):
         raise UserError("give both --min-replicas and --max-replicas for autoscaling, or neither")
     autoscaling = None

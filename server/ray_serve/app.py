@@ -53,16 +53,32 @@ def settings_args(settings: ServerSettings) -> dict[str, Any]:
     """ServerSettings as plain JSON values for the replicas. The API key is left out on purpose: it
     never goes into a config file or Ray's records; replicas read MMSERVE_API_KEY from their env."""
     values = settings.model_dump(mode="json", exclude={"api_key"})
-    for key in ("classifier", "translator", "onnx_cache_dir"):  # replicas do not share our working directory
+    for key in ("classifier", "translator", "model_repository", "onnx_cache_dir"):  # replicas do not share our cwd
         if values.get(key):
             values[key] = str(Path(values[key]).resolve())
+    values["models"] = [str(Path(p).resolve()) for p in values.get("models") or []]
     return values
 
 
-def _model_name(path: Any) -> str:
-    from mmserve.checkpoints import read_config
+def resolve_models(settings: ServerSettings) -> tuple[list[Any], list[Any]]:
+    """The models to deploy and the ones that cannot be served, from the very list `mmserve serve`
+    resolves (--classifier, --translator, --model..., --model-repository; same names, same order).
+    A broken directory named explicitly, or a default model that is not served, fails the build
+    (`mmserve serve` fails too); a broken one in the repository is reported as "failed" in /v1/models."""
+    from ..state import ServerState
 
-    return read_config(Path(path)).name
+    state = ServerState(settings)
+    for spec in state.specs():
+        state._add_slot(spec)
+    slots = list(state.slots.values())
+    fatal = [f"{slot.name}: {slot.reason}" for slot in slots if slot.state == "failed" and not slot.spec.from_repository]
+    for task, name in (("image-classification", settings.default_classifier), ("translation", settings.default_translator)):
+        if name is not None and (name not in state.slots or state.slots[name].task != task):
+            fatal.append(f"default {task} model {name!r} is not served (models: {state.names_for(task)})")
+    deploy = [slot.spec for slot in slots if slot.state != "failed"]
+    if fatal or not deploy:
+        raise ValueError("; ".join(fatal) or "no model to serve")
+    return deploy, [slot for slot in slots if slot.state == "failed"]
 
 
 def build_app(args: RayAppArgs | dict[str, Any]) -> Any:
@@ -76,7 +92,7 @@ def build_application(args: RayAppArgs | dict[str, Any], model_server: Optional[
     `@serve.batch` in place of the project's batcher with it)."""
     from ray import serve
 
-    from .deployments import MODEL_KINDS, Ingress, ModelServer, settings_from_args
+    from .deployments import Ingress, ModelServer, failed_entry, settings_from_args
 
     model_server = model_server or ModelServer
 
@@ -85,15 +101,13 @@ def build_application(args: RayAppArgs | dict[str, Any], model_server: Optional[
     settings = settings_from_args(args.settings)  # invalid settings fail here, before any replica starts
     values = settings_args(settings)
     ongoing = args.max_ongoing_requests or 2 * settings.max_batch_size
+    specs, failed = resolve_models(settings)
     models = {}
-    for kind in MODEL_KINDS:
-        path = getattr(settings, kind)
-        if path is None:
-            continue
+    for spec in specs:
         scaling: dict[str, Any] = ({"autoscaling_config": args.autoscaling} if args.autoscaling
                                    else {"num_replicas": args.replicas})
         deployment = serve.deployment(model_server).options(
-            name=_model_name(path),
+            name=spec.name,
             ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
             max_ongoing_requests=ongoing,
             max_queued_requests=settings.max_queue_size,  # beyond: BackPressureError -> 503 overloaded
@@ -101,7 +115,7 @@ def build_application(args: RayAppArgs | dict[str, Any], model_server: Optional[
             health_check_period_s=2.0,
             **scaling,
         )
-        models[kind] = deployment.bind(values, kind)
+        models[spec.name] = deployment.bind(values, str(spec.path.absolute()), spec.from_repository)
     ingress = serve.deployment(Ingress).options(
         name=INGRESS_NAME,
         num_replicas=args.ingress_replicas,
@@ -109,7 +123,7 @@ def build_application(args: RayAppArgs | dict[str, Any], model_server: Optional[
         max_ongoing_requests=args.ingress_max_ongoing_requests,
         graceful_shutdown_timeout_s=settings.shutdown_grace_s,
     )
-    return ingress.bind(values, models)
+    return ingress.bind(values, models, [failed_entry(slot) for slot in failed])
 
 
 def serve_config(args: RayAppArgs, host: str, port: int) -> dict[str, Any]:

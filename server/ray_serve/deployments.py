@@ -26,20 +26,29 @@ from ..settings import ServerSettings
 from ..state import ServerState
 from .ingress_state import RayState
 
-__all__ = ["ModelServer", "Ingress", "settings_from_args"]
+__all__ = ["ModelServer", "Ingress", "settings_from_args", "failed_entry"]
 
 log = logging.getLogger("mmserve.server.ray")
 
-MODEL_KINDS = ("classifier", "translator")
 
-
-def settings_from_args(args: dict[str, Any], only: Optional[str] = None) -> ServerSettings:
+def settings_from_args(args: dict[str, Any], model: Optional[str] = None) -> ServerSettings:
     """ServerSettings in a replica: the values the application was built with, the node's
-    `MMSERVE_*` environment for the rest (e.g. MMSERVE_API_KEY, which never goes into a config file)."""
+    `MMSERVE_*` environment for the rest (e.g. MMSERVE_API_KEY, which never goes into a config file).
+    `model`: a model replica's settings, which name that one model directory and nothing else."""
     values = dict(args)
-    if only is not None:
-        values.update({kind: None for kind in MODEL_KINDS if kind != only})
+    if model is not None:
+        values.update(classifier=None, translator=None, models=[model], model_repository=None,
+                      default_classifier=None, default_translator=None)
     return ServerSettings(**values)
+
+
+def failed_entry(slot: Any) -> dict[str, Any]:
+    """The ingress's entry (`wire.ModelEntry` fields) of a model that cannot be deployed (a broken
+    repository directory): /v1/models lists it as "failed", with the reason."""
+    source = str(slot.spec.path)
+    info = {"name": slot.name, "task": slot.task, "source": source, "state": "failed", "reason": slot.reason}
+    return {"name": slot.name, "task": slot.task or "", "source": source, "info": info, "state": "failed",
+            "reason": slot.reason}
 
 
 def _bind_inter_replica_grpc_to_node_ip() -> None:
@@ -67,16 +76,17 @@ def _bind_inter_replica_grpc_to_node_ip() -> None:
 class ModelServer:
     """One model's replica: loads, warms up and batches exactly as the in-process server does."""
 
-    async def __init__(self, settings: dict[str, Any], kind: str) -> None:
+    async def __init__(self, settings: dict[str, Any], model_dir: str, from_repository: bool = False) -> None:
         _bind_inter_replica_grpc_to_node_ip()
         logging.basicConfig(level=settings.get("log_level", "info").upper())
-        self.state = ServerState(settings_from_args(settings, only=kind))
-        await self.state.start()  # loads in a thread, warms up, starts the batcher on this loop
+        self.state = ServerState(settings_from_args(settings, model=model_dir))
+        await self.state.start()  # loads in a thread (its serving.json applies), warms up, starts the batcher
         if not self.state.ready:
             # Ray counts a failed constructor and, after a few, marks the deployment failed:
             # `serve run` / `mmserve serve --ray` then stop with this reason.
-            raise RuntimeError(f"loading the {kind} failed: {self.state.error}")
-        (self.served,) = self.state.served()
+            raise RuntimeError(f"loading the model in {model_dir} failed: {self.state.error}")
+        (self.slot,) = self.state.slots.values()
+        self.served = self.slot.served
 
     async def submit(self, items: Any, key: Any,
                      request_id: str) -> tuple[Optional[list[Any]], Optional[wire.ErrorInfo]]:
@@ -89,10 +99,12 @@ class ModelServer:
             return None, wire.ErrorInfo(exc.status, exc.code, exc.detail, dict(exc.headers or {}))
 
     def describe(self) -> dict[str, Any]:
-        """What the ingress needs to serve this model: its /v1/models entry and its directory."""
-        (info,) = self.state.model_info()
-        served = self.served
-        return {"name": served.name, "task": served.task, "source": str(served.backend.info.source), "info": info}
+        """What the ingress needs to serve this model (`wire.ModelEntry` fields), as the split engine
+        reports a slot: its /v1/models entry (batching policy included) and the directory of its
+        config/tokenizer."""
+        slot = self.slot
+        return {"name": slot.name, "task": slot.task or "", "source": str(slot.spec.path),
+                "info": self.state.describe_slot(slot), "state": slot.state, "reason": slot.reason}
 
     def check_health(self) -> None:
         """Ray's health check: a replica whose state left "ready" is replaced."""
@@ -108,14 +120,16 @@ class ModelServer:
 class Ingress:
     """The HTTP ingress: `create_app` with a state whose batchers call the model deployments."""
 
-    def __init__(self, settings: dict[str, Any], models: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], models: dict[str, Any],
+                 failed: Optional[list[dict[str, Any]]] = None) -> None:
         _bind_inter_replica_grpc_to_node_ip()
         logging.basicConfig(level=settings.get("log_level", "info").upper())
         self.settings = settings_from_args(settings)
-        self.models = models  # kind -> DeploymentHandle (Ray replaced the bound deployments)
+        self.models = models  # model name -> DeploymentHandle (Ray replaced the bound deployments)
+        self.failed = list(failed or [])  # models that could not be deployed, shown as "failed"
 
     def __serve_build_asgi_app__(self) -> Any:
-        app = create_app(self.settings, state=RayState(self.settings, self.models))
+        app = create_app(self.settings, state=RayState(self.settings, self.models, self.failed))
         app.add_middleware(_ProxySetsRequestIdHeader)
         return app
 

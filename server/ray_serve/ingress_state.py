@@ -73,50 +73,73 @@ class RayBatcher:
 class RayState(RemoteState):
     """ServerState of an ingress replica: models are described by their Ray deployments.
 
-    Reuses RemoteState's model mirroring (`_adopt`, `_classifier`, `_translator`, `model_info`) and
-    replaces only where the models live, so a frontend and an ingress can never drift apart."""
+    Reuses RemoteState's model mirroring (`_adopt` into `ModelSlot`s, `_classifier`, `_translator`,
+    `_policy`) and replaces only where the models live, so a frontend and an ingress never drift apart.
+    `handles`: model name -> DeploymentHandle, in the order `mmserve serve` lists the models;
+    `failed`: entries of models that could not be deployed (shown as "failed" in /v1/models)."""
 
-    def __init__(self, settings: ServerSettings, handles: dict[str, Any]) -> None:
+    def __init__(self, settings: ServerSettings, handles: dict[str, Any],
+                 failed: Optional[list[dict[str, Any]]] = None) -> None:
         ServerState.__init__(self, settings)  # not RemoteState.__init__: no engine socket here
         self.handles = handles
+        self.failed = [wire.ModelEntry(**entry) for entry in failed or []]
         self._entries: dict[str, wire.ModelEntry] = {}
-        self._info: list[dict[str, Any]] = []
-        self._by_model: dict[str, Any] = {}
 
     def _batcher(self, entry: wire.ModelEntry, result_type: Any) -> RayBatcher:
-        return RayBatcher(self._by_model[entry.name], entry.name, self.policy())
+        return RayBatcher(self.handles[entry.name], entry.name, self._policy(entry))
 
     async def start(self) -> None:
         """Ask every model deployment to describe itself until all answered (they answer only once
         loaded and warm), then serve. Runs in create_app's lifespan; never raises."""
         entries: dict[str, wire.ModelEntry] = {}
         while len(entries) < len(self.handles):
-            for kind, handle in self.handles.items():
-                if kind in entries:
+            for name, handle in self.handles.items():
+                if name in entries:
                     continue
                 try:
                     described = await asyncio.wait_for(handle.describe.remote(), DESCRIBE_TIMEOUT_S)
                 except Exception as exc:  # replicas still starting, or one restarting: ask again
-                    log.info("ingress: %s deployment not ready yet (%s)", kind, type(exc).__name__)
+                    log.info("ingress: deployment %s not ready yet (%s)", name, type(exc).__name__)
                     continue
-                entry = wire.ModelEntry(**described)
-                entries[kind] = entry
-                self._by_model[entry.name] = handle
+                entries[name] = wire.ModelEntry(**described)
             if len(entries) < len(self.handles):
                 await asyncio.sleep(_RETRY_S)
-        try:
-            self._adopt(list(entries.values()))
+        try:  # the models in the order they were given, as `mmserve serve` lists them
+            self._adopt([entries[name] for name in self.handles] + self.failed)
         except Exception as exc:  # a model dir this node cannot read: never ready, say why
             log.exception("ingress: reading the models' directories failed")
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
             return
         self.status = "ready"
         self.metrics.ready.set(1)
-        log.info("ingress: ready (%s)", ", ".join(e.name for e in entries.values()))
+        log.info("ingress: ready (%s)", ", ".join(entries))
+
+    def describe_slot(self, slot: Any) -> dict[str, Any]:
+        """The replica's /v1/models entry, with `default` as this ingress decides it (a replica
+        holds one model, which is always its own default)."""
+        entry = super().describe_slot(slot)
+        entry["state"], entry["reason"] = slot.state, slot.reason
+        entry["default"] = slot.task is not None and self.default_model(slot.task) == slot.name
+        return entry
+
+    async def load(self, name: str) -> dict[str, Any]:
+        return self._not_on_ray("load", name)
+
+    async def unload(self, name: str) -> dict[str, Any]:
+        return self._not_on_ray("unload", name)
+
+    def _not_on_ray(self, action: str, name: str) -> dict[str, Any]:
+        self._check_running()
+        if name not in self.slots:
+            raise ApiError(404, "unknown_model", f"no model named {name!r}; known models: {sorted(self.slots)}")
+        raise ApiError(501, "not_supported_on_ray",
+                       f"{action}ing a model at runtime is not supported on Ray: each model is a Ray Serve "
+                       "deployment; change the models and redeploy (serve deploy / mmserve serve --ray)")
 
     async def stop(self) -> None:
         if self.status != "failed":
             self.status = "stopping"
         self.metrics.ready.set(0)
-        if self.classifier is not None:
-            self.classifier.close()
+        for served in self.served():  # free the preprocessing workers; each replica drains its own batcher
+            if hasattr(served, "close"):
+                served.close()
