@@ -5,7 +5,8 @@
 // preprocessing (mmserve/tasks/image_classification.py) normalises the ink, crops its bounding box,
 // scales the longest side to the model's canvas and centres it; "resize-crop" (imported ImageNet
 // models) takes the centred square. So the page shows that square of the picture and lays the grid
-// over it. The ink steps below follow the server's `normalized_ink` with its default settings
+// over it. The ink steps below follow the server's `normalized_ink` with the bundled models' settings
+// (background flattening included)
 // (tests/test_playground.py holds the square to the server's own crop); the server's later stroke
 // re-thickening can move the box by a pixel or two, which the map does not follow.
 
@@ -13,6 +14,9 @@ const ANALYSIS_SIDE = 512; // pictures are analysed at most this big (the box is
 const MIN_CONTRAST = 0.04; // ImagePreprocessing.min_contrast: below it an image is blank
 const NOISE_FLOOR = 0.1; // ImagePreprocessing.noise_floor
 const INK_THRESHOLD = 0.35; // ImagePreprocessing.ink_threshold: normalised ink above it is "ink"
+const FLATTEN_BACKGROUND = true; // ImagePreprocessing.flatten_background, on in the bundled digits models
+const FLAT_ENOUGH = 0.1; // the server's _FLAT_ENOUGH: a fitted background flatter than this is left alone
+const BACKGROUND_SIDE = 64; // the server's _BACKGROUND_SIDE: the background is fitted on a copy this small
 
 // A perceptually ordered map (dark purple -> orange -> light yellow), like matplotlib's "inferno".
 const STOPS = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
@@ -84,6 +88,99 @@ function otsu(values) {
   return (bestIndex + 1) / bins;
 }
 
+/** Area-average `values` (w x h) down to (sw x sh): each output pixel is the mean of the input area it
+ * covers, fractional edge pixels weighted by their overlap (PIL's BOX resampling). */
+function boxResize(values, w, h, sw, sh) {
+  const out = new Float64Array(sw * sh);
+  const fx = w / sw;
+  const fy = h / sh;
+  for (let oy = 0; oy < sh; oy++) {
+    const ya = oy * fy, yb = ya + fy;
+    for (let ox = 0; ox < sw; ox++) {
+      const xa = ox * fx, xb = xa + fx;
+      let sum = 0, weight = 0;
+      for (let y = Math.floor(ya); y < Math.min(h, Math.ceil(yb)); y++) {
+        const wy = Math.min(yb, y + 1) - Math.max(ya, y);
+        for (let x = Math.floor(xa); x < Math.min(w, Math.ceil(xb)); x++) {
+          const wxy = wy * (Math.min(xb, x + 1) - Math.max(xa, x));
+          sum += wxy * values[y * w + x];
+          weight += wxy;
+        }
+      }
+      out[oy * sw + ox] = weight > 0 ? sum / weight : 0;
+    }
+  }
+  return out;
+}
+
+function linspace(n) { // numpy.linspace(-1, 1, n)
+  return Array.from({ length: n }, (_, i) => (n === 1 ? -1 : -1 + (2 * i) / (n - 1)));
+}
+
+/** Solve the 6x6 system a x = b by Gaussian elimination with partial pivoting; null if singular. */
+function solve6(a, b) {
+  const m = a.map((row, i) => [...row, b[i]]);
+  for (let c = 0; c < 6; c++) {
+    let p = c;
+    for (let r = c + 1; r < 6; r++) if (Math.abs(m[r][c]) > Math.abs(m[p][c])) p = r;
+    if (Math.abs(m[p][c]) < 1e-12) return null;
+    [m[c], m[p]] = [m[p], m[c]];
+    for (let r = 0; r < 6; r++) {
+      if (r === c) continue;
+      const f = m[r][c] / m[c][c];
+      for (let k = c; k < 7; k++) m[r][k] -= f * m[c][k];
+    }
+  }
+  return m.map((row, i) => row[6] / row[i]);
+}
+
+/** The smooth part of an ink map, as the server's `_background` finds it: a quadratic surface in x and
+ * y fitted (twice) to the pixels on the background side of an Otsu split of a <= 64 px copy, so a
+ * shadow across a photo is not taken for ink; null when the picture is evenly lit. */
+function shadingSurface(ink, w, h) {
+  const scale = Math.min(1, BACKGROUND_SIDE / Math.max(w, h));
+  const sw = Math.max(1, Math.round(w * scale));
+  const sh = Math.max(1, Math.round(h * scale));
+  const values = boxResize(ink, w, h, sw, sh);
+  const xs = linspace(sw), ys = linspace(sh);
+  const terms = [];
+  for (let y = 0; y < sh; y++) for (let x = 0; x < sw; x++) {
+    terms.push([1, xs[x], ys[y], xs[x] * xs[x], xs[x] * ys[y], ys[y] * ys[y]]);
+  }
+  const surface = (coef) => terms.map((t) => t.reduce((acc, v, k) => acc + v * coef[k], 0));
+  let level = values;
+  let coef = [0, 0, 0, 0, 0, 0];
+  for (let round = 0; round < 2; round++) {
+    const threshold = otsu(level.map((v) => Math.min(1, Math.max(0, v))));
+    const rows = [];
+    for (let i = 0; i < level.length; i++) if (level[i] < threshold) rows.push(i);
+    if (rows.length < 12) break;
+    const normal = Array.from({ length: 6 }, () => new Array(6).fill(0));
+    const rhs = new Array(6).fill(0);
+    for (const i of rows) {
+      const t = terms[i];
+      for (let r = 0; r < 6; r++) {
+        rhs[r] += t[r] * values[i];
+        for (let c = 0; c < 6; c++) normal[r][c] += t[r] * t[c];
+      }
+    }
+    const solved = solve6(normal, rhs);
+    if (!solved) break;
+    coef = solved;
+    const fit = surface(coef);
+    level = values.map((v, i) => v - fit[i]);
+  }
+  const fitted = surface(coef);
+  if (Math.max(...fitted) - Math.min(...fitted) < FLAT_ENOUGH) return null;
+  const fx = linspace(w), fy = linspace(h);
+  const full = new Float64Array(w * h);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+    full[y * w + x] = coef[0] + coef[1] * fx[x] + coef[2] * fy[y] + coef[3] * fx[x] * fx[x]
+      + coef[4] * fx[x] * fy[y] + coef[5] * fy[y] * fy[y];
+  }
+  return full;
+}
+
 /** Normalised ink per pixel (0 background .. 1 full ink), or null for a blank picture. */
 function normalizedInk(gray, w, h) {
   let lo = Infinity;
@@ -101,7 +198,9 @@ function normalizedInk(gray, w, h) {
     }
   }
   const darkInk = median(border) >= (lo + hi) / 2; // a light border: dark ink on light paper
-  const ink = gray.map((v) => (darkInk ? 1 - v : v));
+  let ink = gray.map((v) => (darkInk ? 1 - v : v));
+  const shading = FLATTEN_BACKGROUND ? shadingSurface(ink, w, h) : null;
+  if (shading) ink = ink.map((v, i) => Math.min(1, Math.max(0, v - shading[i])));
   const threshold = otsu(ink);
   const background = ink.filter((v) => v < threshold);
   const strokes = ink.filter((v) => v >= threshold);
