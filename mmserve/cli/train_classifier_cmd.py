@@ -15,7 +15,7 @@ def classifier(
     out: Path = typer.Option(..., "--out", help="model directory to write (replaced if it exists)"),
     attention_fn: str = typer.Option("multimax", "--attention-fn", help="multimax or softmax"),
     seed: int = typer.Option(0, "--seed", help="seeds the split, the initialisation and the data order"),
-    epochs: int = typer.Option(10, "--epochs"),
+    epochs: int = typer.Option(20, "--epochs"),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="torch intra-op threads (default: all cores)"
     ),

@@ -64,7 +64,7 @@ class ClassifierTrainConfig(BaseModel):
     attention_fn: Literal["multimax", "softmax"] = "multimax"
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
