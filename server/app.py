@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any, AsyncIterator, Optional
 
@@ -119,9 +120,7 @@ def _with_v2_error(request: Request, response: Response, detail: str) -> Respons
     """Open Inference Protocol clients (tritonclient) read an error's text from `error`."""
     if not request.url.path.startswith("/v2"):
         return response
-    import orjson
-
-    body = orjson.loads(response.body)
+    body = json.loads(response.body)
     body["error"] = detail
     return JSONResponse(body, status_code=response.status_code, headers={
         k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")})
