@@ -81,8 +81,7 @@ class ServerProcess:
         return self.log_path.read_text()
 
     def stop(self, timeout: float = 30) -> bool:
-        """SIGTERM and wait; True when the server shut down cleanly (uvicorn re-raises the signal after
-        its graceful shutdown, so the exit status is -SIGTERM then, not 0)."""
+        """SIGTERM and wait (killed after `timeout`); True when the server shut down cleanly."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -91,8 +90,11 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
-        clean = "Application shutdown complete" in self.output()
-        return self.proc.returncode in (0, -signal.SIGTERM) and clean
+        return self.stopped_cleanly()
+
+    def stopped_cleanly(self) -> bool:
+        """uvicorn re-raises the signal after its graceful shutdown, so the exit status is -SIGTERM then, not 0."""
+        return self.proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in self.output()
 
 
 class ServerThread:

@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from mmserve.checkpoints.errors import CheckpointError
 from mmserve.errors import UserError
 
+from .special_ids import GenerationSpecialIds
+
 __all__ = [
     "FAIRSEQ_TEXT_DIR",
     "BOS_WORD",
@@ -126,7 +128,7 @@ class FairseqTextSettings(BaseModel):
 
 
 @dataclass
-class FairseqTextPipeline:
+class FairseqTextPipeline(GenerationSpecialIds):
     """fairseq-interactive's encode_fn + Dictionary.encode_line, and the way back; plus the model's
     generation settings (`mmserve.tasks.translation.GenerationConfig`), as `TranslationTokenizer` has."""
 
@@ -140,18 +142,6 @@ class FairseqTextPipeline:
     @property
     def vocab_size(self) -> int:
         return len(self.target)
-
-    @property
-    def pad_id(self) -> int:
-        return self.generation.pad_id
-
-    @property
-    def bos_id(self) -> int:
-        return self.generation.bos_id
-
-    @property
-    def eos_id(self) -> int:
-        return self.generation.eos_id
 
     def encode_text(self, text: str) -> list[int]:
         """Source ids of one line (</s> appended), exactly as fairseq-interactive feeds the encoder."""

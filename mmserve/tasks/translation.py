@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 
 from mmserve.errors import UserError
 
+from .special_ids import GenerationSpecialIds
+
 __all__ = [
     "TOKENIZER_NAME",
     "SPECIAL_TOKENS",
@@ -164,7 +166,7 @@ def source_vocabulary(normalised_sources: Iterable[str]) -> list[str]:
 
 
 @dataclass
-class TranslationTokenizer:
+class TranslationTokenizer(GenerationSpecialIds):
     """A `tokenizers.Tokenizer` plus the model's generation settings (special ids, limits, defaults)."""
 
     tokenizer: "tokenizers.Tokenizer"  # noqa: F821
@@ -173,18 +175,6 @@ class TranslationTokenizer:
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
-
-    @property
-    def pad_id(self) -> int:
-        return self.generation.pad_id
-
-    @property
-    def bos_id(self) -> int:
-        return self.generation.bos_id
-
-    @property
-    def eos_id(self) -> int:
-        return self.generation.eos_id
 
     def to_json(self) -> bytes:
         """tokenizer.json content."""
