@@ -25,6 +25,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus sample `name` over the series of a /metrics page whose labels include `labels`."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if (line.startswith(name + "{") or line.startswith(name + " "))
+               and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
 def wait_ready(base_url: str, timeout: float, proc: Optional[subprocess.Popen] = None) -> None:
     """Poll /readyz until 200; fail with the server's output if it dies or never gets ready."""
     deadline = time.monotonic() + timeout

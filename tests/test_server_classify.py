@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, ServerProcess
+from conftest import REPO, ServerProcess, metric_sum
 from PIL import Image
 
 from mmserve.checkpoints import load_model_dir
@@ -163,14 +163,6 @@ def test_translate_not_served_here(client) -> None:
 # ------------------------------------------------------------------------------------- concurrency
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
-
 
 @pytest.mark.slow
 def test_hundreds_of_concurrent_requests_are_batched(server, client, loaded, digit_images, reference) -> None:
@@ -199,9 +191,9 @@ def test_hundreds_of_concurrent_requests_are_batched(server, client, loaded, dig
             check(pred, reference[i], loaded.config.labels, 2)
     after = client.get("/metrics").text
     items = sum(len(i) for i in requests)
-    batches = _metric(after, "mmserve_batch_size_count", model="digits-vit") - _metric(
+    batches = metric_sum(after, "mmserve_batch_size_count", model="digits-vit") - metric_sum(
         before, "mmserve_batch_size_count", model="digits-vit")
-    summed = _metric(after, "mmserve_batch_size_sum", model="digits-vit") - _metric(
+    summed = metric_sum(after, "mmserve_batch_size_sum", model="digits-vit") - metric_sum(
         before, "mmserve_batch_size_sum", model="digits-vit")
     assert summed == items
     print(f"\n{items} items in {batches:.0f} batches (mean {items / batches:.1f})")
@@ -209,8 +201,8 @@ def test_hundreds_of_concurrent_requests_are_batched(server, client, loaded, dig
     big = sum(float(line.rsplit(" ", 1)[1]) for line in after.splitlines()
               if line.startswith('mmserve_batch_size_bucket{le="16.0",model="digits-vit"}'))
     assert big > 0
-    assert _metric(after, "mmserve_requests_total", endpoint="/classify", status="200") >= len(requests)
-    assert _metric(after, "mmserve_queue_wait_seconds_count", model="digits-vit") >= items
+    assert metric_sum(after, "mmserve_requests_total", endpoint="/classify", status="200") >= len(requests)
+    assert metric_sum(after, "mmserve_queue_wait_seconds_count", model="digits-vit") >= items
 
 
 # ------------------------------------------------------------------------------------- bad input
@@ -352,7 +344,7 @@ def test_wrong_content_type_and_method(client) -> None:
 def test_server_survived_the_bad_inputs(client) -> None:
     assert client.get("/readyz").status_code == 200
     metrics = client.get("/metrics").text
-    assert _metric(metrics, "mmserve_requests_total", endpoint="/classify", status="500") == 0
+    assert metric_sum(metrics, "mmserve_requests_total", endpoint="/classify", status="500") == 0
 
 
 def test_openapi_document_and_docs(client) -> None:

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, ServerProcess, ServerThread
+from conftest import REPO, ServerProcess, ServerThread, metric_sum
 from PIL import Image
 
 from mmserve.checkpoints import load_model_dir
@@ -219,14 +219,6 @@ def test_unload_and_load_under_load(server, client) -> None:
 # ------------------------------------------------------------------ Open Inference Protocol (KServe v2)
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus sample over the series matching `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
 
 def _text(value) -> str:
     """A BYTES element as tritonclient gives it (bytes from binary outputs, str from JSON ones)."""
@@ -247,7 +239,7 @@ def test_v2_with_tritonclient(server, client) -> None:
 
     pre = ImagePreprocessing.model_validate(load_model_dir(DIRS[MULTIMAX]).config.preprocessing)
     pixels = images_to_pixel_values([decode_image(b) for b in IMAGES[:3]], pre).numpy()
-    items_before = _metric(client.get("/metrics").text, "mmserve_items_total", model=MULTIMAX)
+    items_before = metric_sum(client.get("/metrics").text, "mmserve_items_total", model=MULTIMAX)
     for binary in (True, False):
         tensor = tritonclient.InferInput("pixel_values", list(pixels.shape), "FP32")
         tensor.set_data_from_numpy(pixels, binary_data=binary)
@@ -262,8 +254,8 @@ def test_v2_with_tritonclient(server, client) -> None:
             assert label == prediction["label"]
 
     # the same batcher and metrics as /classify: 2 x 3 tensor rows + 2 x 3 /classify images
-    assert _metric(client.get("/metrics").text, "mmserve_items_total", model=MULTIMAX) - items_before == 12
-    assert _metric(client.get("/metrics").text, "mmserve_requests_total", endpoint="/v2/models/{name}/infer") >= 2
+    assert metric_sum(client.get("/metrics").text, "mmserve_items_total", model=MULTIMAX) - items_before == 12
+    assert metric_sum(client.get("/metrics").text, "mmserve_requests_total", endpoint="/v2/models/{name}/infer") >= 2
 
     text = tritonclient.InferInput("text", [1], "BYTES")
     text.set_data_from_numpy(np.array([b"forty-two"], dtype=object))

@@ -13,7 +13,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import REPO, ServerThread
+from conftest import REPO, ServerThread, metric_sum
 from PIL import Image
 
 from mmserve.tasks.image_classification import ImagePreprocessing, ink_to_pixel_values
@@ -100,13 +100,6 @@ def instrumented():
         unregister_backend(name)
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
 
 async def _post_many(url: str, payloads: list[dict], **kwargs) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=url, timeout=30, **kwargs) as client:
@@ -138,8 +131,8 @@ def test_backend_error_fails_only_its_batch(instrumented, caplog) -> None:
     with httpx.Client(base_url=srv.url) as client:
         assert client.get("/readyz").status_code == 200
         metrics = client.get("/metrics").text
-    assert _metric(metrics, "mmserve_backend_errors_total") == 1
-    assert _metric(metrics, "mmserve_requests_total", endpoint="/classify", status="500") == 4
+    assert metric_sum(metrics, "mmserve_backend_errors_total") == 1
+    assert metric_sum(metrics, "mmserve_requests_total", endpoint="/classify", status="500") == 4
 
 
 def test_request_spanning_batches_fails_if_one_of_its_batches_fails(instrumented) -> None:
@@ -173,7 +166,7 @@ def test_tiny_queue_overload_gives_503_retry_after(instrumented) -> None:
         assert client.get("/readyz").status_code == 200
         assert client.post("/classify", json={"images": [B64]}).status_code == 200
         metrics = client.get("/metrics").text
-    assert _metric(metrics, "mmserve_rejected_total", reason="queue_full") == codes.count(503)
+    assert metric_sum(metrics, "mmserve_rejected_total", reason="queue_full") == codes.count(503)
 
 
 def test_queue_must_hold_the_largest_request() -> None:
@@ -202,7 +195,7 @@ def test_client_disconnect_cancels_queued_work(instrumented) -> None:
     with httpx.Client(base_url=srv.url) as client:
         metrics = client.get("/metrics").text
     assert len(backend.batches) - runs_before == 1, backend.batches  # the abandoned items never ran
-    assert _metric(metrics, "mmserve_rejected_total", reason="cancelled") == 3
+    assert metric_sum(metrics, "mmserve_rejected_total", reason="cancelled") == 3
 
 
 def test_graceful_shutdown_drains_in_flight(instrumented) -> None:

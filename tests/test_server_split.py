@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import REPO, ServerProcess, wait_ready
+from conftest import REPO, ServerProcess, metric_sum, wait_ready
 
 MODEL_DIR = REPO / "models" / "digits-vit"
 LOAD_S = 8.0  # every load loop below is bounded in time and in count
@@ -177,12 +177,6 @@ def test_frontend_killed_under_load_is_replaced(digits) -> None:
         assert server.stop()
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if (line.startswith(name + "{") or line.startswith(name + " "))
-               and all(f'{k}="{v}"' in line for k, v in labels.items()))
-
-
 @pytest.mark.slow
 def test_cancellation_overload_and_drain_cross_processes(digits) -> None:
     """The batching contracts hold when the batcher lives in another process: a client that hangs up
@@ -208,9 +202,9 @@ def test_cancellation_overload_and_drain_cross_processes(digits) -> None:
             asyncio.run(cancel())
             time.sleep(1.0)
             after = c.get("/metrics").text
-        assert _metric(after, "mmserve_rejected_total", reason="cancelled") - _metric(
+        assert metric_sum(after, "mmserve_rejected_total", reason="cancelled") - metric_sum(
             before, "mmserve_rejected_total", reason="cancelled") == 3
-        assert _metric(after, "mmserve_batch_size_count") - _metric(before, "mmserve_batch_size_count") == 1
+        assert metric_sum(after, "mmserve_batch_size_count") - metric_sum(before, "mmserve_batch_size_count") == 1
 
         async def overload() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as ac:

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import ServerProcess
+from conftest import ServerProcess, metric_sum
 from num2words import num2words
 
 from mmserve.checkpoints import load_model_dir
@@ -59,15 +59,6 @@ def client(server):
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
 
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.mark.parametrize("beam", [1, 3])
@@ -125,14 +116,14 @@ def test_concurrent_requests_continuous_batching(server, client, model) -> None:
             assert got["text"] == cache[key][0], key
             assert got["score"] == pytest.approx(cache[key][1], abs=1e-4), key
     after = client.get("/metrics").text
-    joins = _metric(after, "mmserve_decoder_joins_total") - _metric(before, "mmserve_decoder_joins_total")
-    steps = _metric(after, "mmserve_batch_size_count") - _metric(before, "mmserve_batch_size_count")
-    rows = _metric(after, "mmserve_batch_size_sum") - _metric(before, "mmserve_batch_size_sum")
+    joins = metric_sum(after, "mmserve_decoder_joins_total") - metric_sum(before, "mmserve_decoder_joins_total")
+    steps = metric_sum(after, "mmserve_batch_size_count") - metric_sum(before, "mmserve_batch_size_count")
+    rows = metric_sum(after, "mmserve_batch_size_sum") - metric_sum(before, "mmserve_batch_size_sum")
     print(f"\n{len(cache)} distinct sentences, {steps:.0f} decoder steps, {rows / steps:.1f} rows/step, "
           f"{joins:.0f} mid-flight joins")
     assert joins > 0, "sentences should join running decodes"
     assert rows / steps > 4, "decoder steps should carry many rows"
-    assert _metric(after, "mmserve_decoder_rows_active") == 0
+    assert metric_sum(after, "mmserve_decoder_rows_active") == 0
 
 
 @pytest.mark.parametrize(
@@ -186,4 +177,4 @@ def test_unreadable_bodies(client, raw: bytes, content_type: str, status: int, c
 def test_classify_not_served_here_and_still_healthy(client) -> None:
     assert client.post("/classify", json={"images": ["aGk="]}).status_code == 404
     assert client.get("/readyz").status_code == 200
-    assert _metric(client.get("/metrics").text, "mmserve_requests_total", endpoint="/translate", status="500") == 0
+    assert metric_sum(client.get("/metrics").text, "mmserve_requests_total", endpoint="/translate", status="500") == 0
