@@ -33,8 +33,12 @@ def numbers_export(tmp_path_factory) -> Path:
 
 
 def test_policy_splits_threads_between_runtimes() -> None:
-    ort2 = thread_policy("onnxruntime", 2)
+    ort2 = thread_policy("onnxruntime", 2, workers=1)  # one worker: both threads inside onnxruntime
     assert (ort2.intra_op_threads, ort2.torch_threads, ort2.allow_spinning) == (2, 1, False)
+    lanes = thread_policy("onnxruntime", 2)  # the default: two workers of one thread each
+    assert (lanes.workers, lanes.intra_op_threads, lanes.torch_threads) == (2, 1, 1)
+    assert thread_policy("onnxruntime", 4, workers=2).intra_op_threads == 2
+    assert thread_policy("torch", 2).workers == 1
     assert thread_policy("onnxruntime", 1).allow_spinning  # no worker threads to spin: keep the default
     assert thread_policy("onnxruntime", 0).torch_threads == 1  # onnxruntime's default pool: still no spin
     assert not thread_policy("onnxruntime", 0).allow_spinning

@@ -62,38 +62,53 @@ class RuntimeOptions:
 
 @dataclass(frozen=True)
 class ThreadPolicy:
-    """How N threads are split between onnxruntime and torch in one process.
+    """How N threads are used by one process that decodes: how many independent decode workers
+    ("lanes": batches decoded at the same time, each its own search loop) and how each worker's
+    threads are split between onnxruntime and torch.
 
-    Measured on the 2-core machine (bundled translator, batch 32, greedy, `benchmarks/bench_translate.py`
-    and tests/test_thread_policy.py): with torch and onnxruntime both on 2 threads, decoding ran 5-10x
-    slower than on 1 thread. Both runtimes keep idle worker threads spinning (onnxruntime's intra-op
-    pool, torch's OpenMP team) and the search loop alternates between them every few microseconds, so
-    each runtime's spinners steal the cores the other one needs. The policy:
+    Measured on the 2-core machine (bundled translator, batches of 32, `benchmarks/bench_translate.py`
+    and tests/test_thread_policy.py):
 
-    - onnxruntime runs the model with `threads` intra-op threads and no spinning when it has more than
-      one (spin-waiting only pays when nothing else wants the cores; here the torch glue always does);
-    - the torch code around an onnxruntime model (log_softmax, top-k, cache reordering on small
-      tensors) runs on ONE torch thread: its tensors are far too small to gain from a second one;
-    - with the torch backend torch runs the model itself and gets every thread.
+    - torch and onnxruntime both on 2 threads decoded 5-10x SLOWER than 1 thread: both keep idle worker
+      threads spinning (onnxruntime's intra-op pool, torch's OpenMP team) and the search loop alternates
+      between them every few microseconds, so each runtime's spinners steal the cores the other needs.
+      Hence: no spinning when a session has more than one intra-op thread, and the torch glue around
+      onnxruntime (log_softmax, top-k, cache reordering on small tensors) on ONE torch thread.
+    - Even without the fight, a second intra-op thread barely pays on a small translator (0.8-1.0x of
+      one thread at 32-128 rows per step: each op is a few microseconds of work). Two workers with one
+      intra-op thread each, decoding different batches, ran at 1.6-1.9x: onnxruntime releases the GIL
+      inside `run`, and the sessions are stateless between calls, so one session serves both. So for
+      onnxruntime N threads = N workers x 1 intra-op thread, CTranslate2's `inter_threads` model.
+      A caller with one batch only (or a large model whose matrix products do scale) asks for
+      `workers=1` and gets N intra-op threads.
+    - With the torch backend torch runs the model itself and gets every thread in one worker.
     """
 
     intra_op_threads: int
     torch_threads: int
     allow_spinning: bool
+    workers: int = 1
 
 
-def thread_policy(backend: str, threads: int) -> ThreadPolicy:
-    """The split for `threads` (0 = the runtimes' defaults) when `backend` runs the model."""
+def thread_policy(backend: str, threads: int, workers: Optional[int] = None) -> ThreadPolicy:
+    """The split of `threads` (0 = the runtimes' defaults) when `backend` runs the model; `workers`
+    None = the policy's choice (see ThreadPolicy), else that many workers sharing the threads."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if backend == "torch":
-        return ThreadPolicy(intra_op_threads=threads, torch_threads=threads, allow_spinning=False)
-    return ThreadPolicy(intra_op_threads=threads, torch_threads=1, allow_spinning=threads == 1)
+        lanes = workers or 1
+        per_lane = max(1, threads // lanes) if threads else 0
+        return ThreadPolicy(intra_op_threads=per_lane, torch_threads=per_lane, allow_spinning=False, workers=lanes)
+    lanes = workers if workers is not None else max(1, threads)
+    per_lane = max(1, threads // lanes) if threads else 0
+    return ThreadPolicy(intra_op_threads=per_lane, torch_threads=1, allow_spinning=per_lane == 1, workers=lanes)
 
 
-def apply_thread_policy(backend: str, threads: int) -> ThreadPolicy:
+def apply_thread_policy(backend: str, threads: int, workers: Optional[int] = None) -> ThreadPolicy:
     """Set torch's thread count for this process by `thread_policy` (torch threads are process-wide;
     onnxruntime's are per session and come from `RuntimeOptions`). 0 leaves torch's default for the
     torch backend."""
-    policy = thread_policy(backend, threads)
+    policy = thread_policy(backend, threads, workers)
     if policy.torch_threads > 0:
         torch.set_num_threads(policy.torch_threads)
     return policy
@@ -123,7 +138,7 @@ def _session_options(options: RuntimeOptions):
     so.inter_op_num_threads = int(options.inter_op_threads)
     spinning = options.allow_spinning
     if spinning is None:  # the policy: spin only when the session has a single intra-op thread
-        spinning = thread_policy("onnxruntime", int(options.intra_op_threads)).allow_spinning
+        spinning = thread_policy("onnxruntime", int(options.intra_op_threads), workers=1).allow_spinning
     config = {"session.intra_op.allow_spinning": "1" if spinning else "0",
               "session.inter_op.allow_spinning": "1" if spinning else "0"}
     config.update(options.extra_session_config)  # explicit entries win over the policy
