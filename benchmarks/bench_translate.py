@@ -5,21 +5,28 @@ In ONE run, for the bundled numbers-en-de translator and an IWSLT-sized translat
 
     ctranslate2        the model's SoftMax twin (same weights, softmax instead of MultiMax) converted
                        to CTranslate2 with its converter API (a `TransformerSpec` filled from our
-                       weights: same layers, widths, heads, vocabulary, position table)
+                       weights: same layers, widths, heads, vocabulary, position table); N threads
+                       = inter_threads N x intra_threads 1 (N batches at once), and a
+                       "ctranslate2 1 loop" row with intra_threads N
     mmserve            the MultiMax model exported as `mmserve export` does, run by
                        `OnnxSeq2SeqStepper` + mmserve's greedy / beam search (what the server and
-                       `mmserve translate` run), threads split by `thread_policy`
+                       `mmserve translate` run), threads used as `thread_policy` says: N threads =
+                       N batches decoded at once with one intra-op thread each
+                       (`mmserve translate --threads N`, CTranslate2's inter_threads)
     mmserve softmax    the same SoftMax twin on mmserve: the same decisions as CTranslate2 when the
                        conversion is faithful, so it separates "MultiMax" from "the decoder"
-    mmserve 2 workers  (2 threads only) two batches decoded at once, one intra-op thread each
-                       (`mmserve translate --workers 2 --threads 1`)
+    mmserve 1 loop     (N > 1 threads only) one batch at a time on N intra-op threads
+                       (`mmserve translate --threads N --workers 1`), CTranslate2's intra_threads
 
 All engines get the same sources as token ids (CTranslate2 as their token strings), sorted by length
 and cut into batches of 32 (what CTranslate2's translate_batch does with max_batch_size). For each
 decoding, every engine at every thread count runs once per round, rounds interleaved, medians
 reported; both ratios (to CTranslate2 at the same threads, to the engine's own 1-thread run) are
-paired per round, so a busy phase of a shared machine hits both sides of a ratio. Also printed: tokens generated per sentence by each engine (the work done)
-and the agreement of CTranslate2 with mmserve on the SoftMax twin (checks the conversion).
+paired per round, so a busy phase of a shared machine hits both sides of a ratio. Also printed: tokens
+generated per sentence by each engine (the work done), the agreement of CTranslate2 with mmserve on the
+SoftMax twin (checks the conversion), and where mmserve's 1-thread time goes (encoder, decoder
+`session.run`, the search loop around them) next to CTranslate2's time to encode and take one step
+(`max_decoding_length=1`), so the gap can be placed.
 
     pip install -e ".[bench]"     # ctranslate2
     python benchmarks/bench_translate.py [--models bundled,iwslt] [--sentences 2000] [--rounds 8]
@@ -42,6 +49,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -54,7 +62,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _timing import compare, machine_info, paired_ratio  # noqa: E402
 
-from exporters.onnx.runtime import OnnxSeq2SeqStepper, RuntimeOptions, apply_thread_policy  # noqa: E402
+from exporters.onnx.runtime import OnnxSeq2SeqStepper, RuntimeOptions, apply_thread_policy, thread_policy  # noqa: E402
 from mmserve.checkpoints import ModelDirConfig, load_model_dir, read_config, save_model_dir  # noqa: E402
 from mmserve.models import MultiMaxTranslator, TranslatorConfig  # noqa: E402
 from mmserve.models.decoding import beam_search, greedy_search  # noqa: E402
@@ -207,7 +215,8 @@ def batches_by_length(rows: list[list[int]], size: int) -> list[list[int]]:
 
 
 def mmserve_engine(stepper, rows, batches, beam: int, gen: dict, threads: int, workers: int = 1):
-    """A callable decoding every batch; returns generated ids per sentence (input order)."""
+    """A callable decoding every batch, `workers` batches at once (threads share the stepper: the
+    sessions are stateless between runs); returns generated ids per sentence (input order)."""
     tensors = [pad_sources([rows[i] for i in batch], gen["pad_id"]) for batch in batches]
     args = (gen["bos_id"], gen["eos_id"], gen["pad_id"], gen["max_length"])
 
@@ -226,7 +235,7 @@ def mmserve_engine(stepper, rows, batches, beam: int, gen: dict, threads: int, w
         pool = ThreadPoolExecutor(workers)
 
     def run() -> list[list[int]]:
-        apply_thread_policy("onnxruntime", threads)
+        apply_thread_policy("onnxruntime", threads, workers)
         out: list[list[int]] = [[] for _ in rows]
         items = list(zip(batches, tensors))
         for batch, tokens in (pool.map(one, items) if pool else map(one, items)):
@@ -273,14 +282,20 @@ def bench_model(name: str, model_dir: Path, work: Path, n: int, rounds: int, thr
         # CTranslate2 and the 2-thread / 1-thread scaling are paired per round.
         engines, outputs = {}, {}
         for t in threads:
-            translator = ctranslate2.Translator(str(ct2_dir), device="cpu", inter_threads=1, intra_threads=t)
+            # CTranslate2 uses N threads both ways too: N batches at once (inter_threads, its way to
+            # throughput) as the baseline, and one batch on N threads (intra_threads) as a row.
+            translator = ctranslate2.Translator(str(ct2_dir), device="cpu", inter_threads=t, intra_threads=1)
             engines[("ctranslate2", t)] = ctranslate2_engine(translator, vocab, rows, beam, gen)
-            for label, export in exports.items():
-                stepper = OnnxSeq2SeqStepper(export, RuntimeOptions(intra_op_threads=t))
-                engines[(label, t)] = mmserve_engine(stepper, rows, batches, beam, gen, t)
             if t > 1:
-                stepper = OnnxSeq2SeqStepper(exports["mmserve"], RuntimeOptions(intra_op_threads=1))
-                engines[(f"mmserve {t} workers", t)] = mmserve_engine(stepper, rows, batches, beam, gen, 1, workers=t)
+                translator = ctranslate2.Translator(str(ct2_dir), device="cpu", inter_threads=1, intra_threads=t)
+                engines[("ctranslate2 1 loop", t)] = ctranslate2_engine(translator, vocab, rows, beam, gen)
+            policy = thread_policy("onnxruntime", t)  # what `mmserve translate --threads t` does
+            for label, export in exports.items():
+                stepper = OnnxSeq2SeqStepper(export, RuntimeOptions(intra_op_threads=policy.intra_op_threads))
+                engines[(label, t)] = mmserve_engine(stepper, rows, batches, beam, gen, t, workers=policy.workers)
+            if t > 1:
+                stepper = OnnxSeq2SeqStepper(exports["mmserve"], RuntimeOptions(intra_op_threads=t))
+                engines[("mmserve 1 loop", t)] = mmserve_engine(stepper, rows, batches, beam, gen, t, workers=1)
         outputs = {key: fn() for key, fn in engines.items()}  # also the warm-up
         timings = compare({f"{label}|{t}": fn for (label, t), fn in engines.items()}, reps=rounds, warmup=0)
         agree = np.mean([a == b for a, b in zip(outputs[("ctranslate2", threads[0])],
@@ -292,14 +307,64 @@ def bench_model(name: str, model_dir: Path, work: Path, n: int, rounds: int, thr
             timing = timings[f"{label}|{t}"]
             speed = len(rows) / timing.median
             ratio = paired_ratio(timings[f"ctranslate2|{t}"], timing)
-            base = "mmserve" if "workers" in label else label
+            base = label.removesuffix(" 1 loop")
             scaling = paired_ratio(timings[f"{base}|{threads[0]}"], timing)
             length = statistics.mean(len(o) for o in outputs[(label, t)])
             print(f"  {label:<22} {t:>7} {speed:>9.0f} {ratio:>13.2f}x {scaling:>14.2f}x {length:>12.2f}")
             results.append({"model": name, "decoding": decoding, "threads": t, "engine": label,
                             "sent_per_s": speed, "ratio_to_ctranslate2": ratio, "ratio_to_1_thread": scaling,
                             "tokens_per_sentence": length, "ctranslate2_agreement_softmax_twin": float(agree)})
+        split = time_breakdown(exports["mmserve"], rows, batches, beam, gen)
+        ct2_one = ctranslate2.Translator(str(ct2_dir), device="cpu", inter_threads=1, intra_threads=1)
+        start = ctranslate2_start(ct2_one, vocab, rows, beam, gen)
+        total = split["total"]
+        print(f"  mmserve, 1 thread, one pass of {total:.2f} s: "
+              + ", ".join(f"{name} {split[name] / total:.0%}" for name in ("encoder", "decoder runs", "search loop"))
+              + f"; CTranslate2 encoding + one step: {start:.2f} s")
+        results[-1]["breakdown_1_thread_s"] = split | {"ctranslate2_encode_and_one_step": start}
     return results
+
+
+def time_breakdown(export: Path, rows, batches, beam: int, gen: dict) -> dict[str, float]:
+    """One 1-thread pass with onnxruntime's runs timed per graph: seconds in the encoder (+ cross_kv),
+    in decoder `session.run`, and the rest (the search loop, tensor conversions, cache reordering)."""
+    stepper = OnnxSeq2SeqStepper(export, RuntimeOptions(intra_op_threads=1))
+    spent = {"encoder.onnx": 0.0, "cross_kv.onnx": 0.0, "decoder.onnx": 0.0}
+    open_session = stepper.session
+
+    class Timed:  # stands in for an InferenceSession: the stepper only calls .run
+        def __init__(self, name: str) -> None:
+            self.name, self.session = name, open_session(name)
+
+        def run(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return self.session.run(*args, **kwargs)
+            finally:
+                spent[self.name] += time.perf_counter() - start
+
+    stepper.session = {name: Timed(name) for name in spent}.__getitem__
+    run = mmserve_engine(stepper, rows, batches, beam, gen, 1)
+    run()  # warm-up
+    spent.update(dict.fromkeys(spent, 0.0))
+    start = time.perf_counter()
+    run()
+    total = time.perf_counter() - start
+    encoder = spent["encoder.onnx"] + spent["cross_kv.onnx"]
+    return {"total": total, "encoder": encoder, "decoder runs": spent["decoder.onnx"],
+            "search loop": total - encoder - spent["decoder.onnx"]}
+
+
+def ctranslate2_start(translator, vocab, rows, beam: int, gen: dict) -> float:
+    """Seconds CTranslate2 takes to encode every batch and decode one step (median of 3 passes)."""
+    one_step = ctranslate2_engine(translator, vocab, rows, beam, gen | {"max_length": 1})
+    one_step()
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        one_step()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
 
 
 def main() -> None:

@@ -3,7 +3,9 @@
 The model is loaded through the server's backend registry (`server.backends.load_backend`), so a
 model directory on `--backend onnxruntime` is exported once into the same sha256-keyed ONNX cache the
 server uses, and an export directory is taken as it is. Threads follow the one policy of
-`exporters.onnx.runtime.thread_policy`. The line handling (checking, sorting, batching, order) is
+`exporters.onnx.runtime.thread_policy`: `--threads N` on onnxruntime decodes N batches at once with
+one intra-op thread each (CTranslate2's inter_threads), `--workers 1 --threads N` runs one batch at a
+time on N intra-op threads (for a large model whose matrix products scale). The line handling (checking, sorting, batching, order) is
 `mmserve.tasks.batch_translation`.
 """
 
@@ -81,8 +83,10 @@ def translate(
     max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="most target tokens [model default]"),
     batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="sentences per batch"),
     backend: str = typer.Option("onnxruntime", "--backend", help="torch | onnxruntime"),
-    threads: int = typer.Option(1, "--threads", min=0, help="intra-op threads per batch (0 = runtime default)"),
-    workers: int = typer.Option(1, "--workers", min=1, max=64, help="batches decoded at the same time"),
+    threads: int = typer.Option(1, "--threads", min=0, help="threads in all (0 = the runtime's default)"),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, max=64,
+        help="batches decoded at the same time, sharing --threads [onnxruntime: one per thread; torch: 1]"),
     on_error: str = typer.Option(
         "fail", "--on-error",
         help="fail: report every untranslatable line (with its number) and stop before translating (exit 2); "
@@ -113,10 +117,10 @@ def translate(
         from server.settings import ServerSettings
 
         onnx_cache_dir = ServerSettings.model_fields["onnx_cache_dir"].default
-    apply_thread_policy(backend, threads)
-    loaded = load_backend(backend, model_dir, "translation",
-                          LoadOptions(device="cpu", intra_op_threads=threads, onnx_cache_dir=onnx_cache_dir))
-    apply_thread_policy(backend, threads)  # a loader may set torch's threads its own way
+    policy = apply_thread_policy(backend, threads, workers)
+    loaded = load_backend(backend, model_dir, "translation", LoadOptions(
+        device="cpu", intra_op_threads=policy.intra_op_threads, onnx_cache_dir=onnx_cache_dir))
+    apply_thread_policy(backend, threads, workers)  # a loader may set torch's threads its own way
     limit = loaded.tokenizer.generation.max_length_limit
     if max_length is not None and max_length > limit:
         loaded.close()
@@ -127,7 +131,7 @@ def translate(
             task = bar.add_task("translating", total=len(lines), status="")
             result = translate_lines(
                 loaded.stepper, loaded.tokenizer, lines, beam_size=beam_size, max_length=max_length,
-                batch_size=batch_size, workers=workers, on_error=on_error,  # type: ignore[arg-type]
+                batch_size=batch_size, workers=policy.workers, on_error=on_error,  # type: ignore[arg-type]
                 progress=lambda n: bar.advance(task, n),
             )
     except SourceTextError as exc:

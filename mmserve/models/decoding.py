@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -152,12 +153,34 @@ def _encode_state(stepper: Seq2SeqStepper, src_ids: torch.Tensor, src_pad_mask: 
     return stepper.cross_kv(memory)
 
 
-def _log_probs(logits: torch.Tensor, banned: Sequence[int]) -> torch.Tensor:
-    """MultiMax log-probs of the last position [N, V] in float32, banned ids at -inf."""
+def _banned_ids(pad_id: int, bos_id: int, eos_id: int, device: torch.device) -> Optional[torch.Tensor]:
+    """The ids never generated (PAD, BOS) as an index tensor for `_log_probs`; None if there are none."""
+    banned = sorted({pad_id, bos_id} - {eos_id})
+    return torch.tensor(banned, dtype=torch.long, device=device) if banned else None
+
+
+def _log_probs(logits: torch.Tensor, banned: Optional[torch.Tensor]) -> torch.Tensor:
+    """MultiMax log-probs of the last position [N, V] in float32, banned ids at -inf.
+
+    `index_fill_` with a prepared index rather than `logp[:, ids] = -inf` (the same values; the
+    advanced-indexing assignment costs ~3x more per step, measured on 32 x 320 log-probs)."""
     logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
-    if banned:
-        logp[:, list(banned)] = float("-inf")
+    if banned is not None:
+        logp.index_fill_(1, banned, float("-inf"))
     return logp
+
+
+def _row_max(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max, first arg-max) of each row, as `logp.max(dim=-1)` returns them.
+
+    On the CPU through numpy (shared memory, no copy): torch's max-with-indices over a 32 x 320 batch
+    costs ~22 us a step against ~3 us, and greedy decoding calls it every step. numpy's argmax, like
+    torch's max, returns the first maximal index of a row."""
+    if logp.device.type != "cpu":
+        return logp.max(dim=-1)
+    values = logp.numpy()
+    index = values.argmax(axis=-1)
+    return torch.from_numpy(values[np.arange(values.shape[0]), index]), torch.from_numpy(index)
 
 
 @torch.no_grad()
@@ -183,14 +206,14 @@ def greedy_search(
     sums = torch.zeros(batch, dtype=torch.float32, device=device)
     out: list[list[int]] = [[] for _ in range(batch)]
     scores = [0.0] * batch
-    banned = sorted({pad_id, bos_id} - {eos_id})
+    banned = _banned_ids(pad_id, bos_id, eos_id, device)
     for step in range(max_length):
         live = rows.shape[0]
         positions = torch.full((live, 1), step, dtype=torch.long, device=device)
         pad = torch.zeros(live, step + 1, dtype=torch.bool, device=device)
         logits, self_kv = stepper.decode_step(tokens, positions, self_kv, pad, cross, src_mask)
         logp = _apply_rules(rules, _log_probs(logits, banned), eos_id, step, max_length)
-        best_logp, best = logp.max(dim=-1)
+        best_logp, best = _row_max(logp)
         sums = sums + best_logp
         done = best == eos_id
         if step == max_length - 1:
@@ -235,7 +258,7 @@ def beam_search(
     cross = _encode_state(stepper, src_ids, src_pad_mask)  # one row per sentence until step 0 is done
     expand = torch.arange(batch, device=device).repeat_interleave(k)
     src_mask = src_pad_mask
-    banned = sorted({pad_id, bos_id} - {eos_id})
+    banned = _banned_ids(pad_id, bos_id, eos_id, device)
     neg_inf = float("-inf")
 
     sentences = torch.arange(batch, device=device)  # sentence id of each live sentence slot
