@@ -175,6 +175,30 @@ def ctranslate2_dir(twin_dir: Path, out: Path) -> Path:
     return out
 
 
+def conversion_gap(twin_dir: Path, translator, vocab: list[str], rows: list[list[int]], gen: dict, n: int = 8) -> float:
+    """Largest |log p| difference, over CTranslate2's greedy outputs for the first `n` sources, between
+    CTranslate2's own scoring (`score_batch`, EOS included) and the SoftMax twin in torch (teacher
+    forced, float64 log-softmax). Whole-sentence agreement alone cannot tell a faulty conversion from
+    near-ties (a random model's log-probs are nearly flat); this can: a faithful conversion differs
+    by float32 rounding only."""
+    model = load_model_dir(twin_dir).model.eval()
+    index = {t: i for i, t in enumerate(vocab)}
+    source = [[vocab[i] for i in row] for row in rows[:n]]
+    found = translator.translate_batch(source, beam_size=1, max_decoding_length=gen["max_length"])
+    targets = [r.hypotheses[0] for r in found]
+    worst = 0.0
+    for row, target, scored in zip(rows[:n], targets, translator.score_batch(source, targets)):
+        ids = [index[t] for t in target]
+        with torch.no_grad():
+            logits = model(torch.tensor([row]), torch.zeros(1, len(row), dtype=torch.bool),
+                           torch.tensor([[gen["bos_id"], *ids]]))
+        logp = torch.log_softmax(logits[0].double(), dim=-1)
+        ours = [float(logp[i, t]) for i, t in enumerate([*ids, gen["eos_id"]])]
+        assert len(ours) == len(scored.log_probs), (len(ours), len(scored.log_probs))
+        worst = max(worst, max(abs(a - b) for a, b in zip(ours, scored.log_probs)))
+    return worst
+
+
 def cached(work: Path, model_dir: Path, kind: str, build: Callable[[Path], Path]) -> Path:
     """`build(target)` once per weights (sha256 in the name), like the server's ONNX cache."""
     sha = json.loads((model_dir / "manifest.json").read_text())["files"]["model.safetensors"][:16]
@@ -273,9 +297,12 @@ def bench_model(name: str, model_dir: Path, work: Path, n: int, rounds: int, thr
     rows = sources(model_dir, n)
     batches = batches_by_length(rows, 32)
     vocab = vocabulary(twin, arch.tgt_vocab_size)
+    gap = conversion_gap(twin, ctranslate2.Translator(str(ct2_dir), device="cpu"), vocab, rows, gen)
     print(f"\n== {name}: d_model {arch.d_model}, layers {arch.encoder_layers}+{arch.decoder_layers}, "
           f"FFN {arch.ffn_dim}, vocab {arch.tgt_vocab_size}; {len(rows)} sentences, batches of 32, "
           f"max_length {gen['max_length']}, {rounds} rounds")
+    print(f"conversion check: CTranslate2's greedy outputs for 8 sources scored by CTranslate2 and by the SoftMax "
+          f"twin in torch differ by at most {gap:.1e} in log-probability")
     results = []
     for beam in (1, 4):
         # Every engine at every thread count in ONE interleaved comparison, so both the ratio to
@@ -313,7 +340,8 @@ def bench_model(name: str, model_dir: Path, work: Path, n: int, rounds: int, thr
             print(f"  {label:<22} {t:>7} {speed:>9.0f} {ratio:>13.2f}x {scaling:>14.2f}x {length:>12.2f}")
             results.append({"model": name, "decoding": decoding, "threads": t, "engine": label,
                             "sent_per_s": speed, "ratio_to_ctranslate2": ratio, "ratio_to_1_thread": scaling,
-                            "tokens_per_sentence": length, "ctranslate2_agreement_softmax_twin": float(agree)})
+                            "tokens_per_sentence": length, "ctranslate2_agreement_softmax_twin": float(agree),
+                            "conversion_max_logprob_gap": gap})
         split = time_breakdown(exports["mmserve"], rows, batches, beam, gen)
         ct2_one = ctranslate2.Translator(str(ct2_dir), device="cpu", inter_threads=1, intra_threads=1)
         start = ctranslate2_start(ct2_one, vocab, rows, beam, gen)

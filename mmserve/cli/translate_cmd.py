@@ -3,9 +3,10 @@
 The model is loaded through the server's backend registry (`server.backends.load_backend`), so a
 model directory on `--backend onnxruntime` is exported once into the same sha256-keyed ONNX cache the
 server uses, and an export directory is taken as it is. Threads follow the one policy of
-`exporters.onnx.runtime.thread_policy`: `--threads N` on onnxruntime decodes N batches at once with
-one intra-op thread each (CTranslate2's inter_threads), `--workers 1 --threads N` runs one batch at a
-time on N intra-op threads (for a large model whose matrix products scale). The line handling (checking, sorting, batching, order) is
+`exporters.onnx.runtime.thread_policy`: `--threads N` (default: every CPU this process may use) on
+onnxruntime decodes N batches at once with one intra-op thread each (CTranslate2's inter_threads);
+`--workers 1 --threads N` runs one batch at a time on N intra-op threads (for a large model whose
+matrix products scale). The line handling (checking, sorting, batching, order) is
 `mmserve.tasks.batch_translation`.
 """
 
@@ -83,7 +84,8 @@ def translate(
     max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="most target tokens [model default]"),
     batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="sentences per batch"),
     backend: str = typer.Option("onnxruntime", "--backend", help="torch | onnxruntime"),
-    threads: int = typer.Option(1, "--threads", min=0, help="threads in all (0 = the runtime's default)"),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=0, help="threads in all [the CPUs this process may use; 0 = the runtime's default]"),
     workers: Optional[int] = typer.Option(
         None, "--workers", min=1, max=64,
         help="batches decoded at the same time, sharing --threads [onnxruntime: one per thread; torch: 1]"),
@@ -117,6 +119,8 @@ def translate(
         from server.settings import ServerSettings
 
         onnx_cache_dir = ServerSettings.model_fields["onnx_cache_dir"].default
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     policy = apply_thread_policy(backend, threads, workers)
     loaded = load_backend(backend, model_dir, "translation", LoadOptions(
         device="cpu", intra_op_threads=policy.intra_op_threads, onnx_cache_dir=onnx_cache_dir))
