@@ -153,3 +153,37 @@ def test_stdin_to_stdout_and_exit_status_2(export_dir) -> None:
                          env=os.environ.copy(), cwd=REPO)
     assert bad.returncode == 2 and bad.stdout == ""
     assert "<stdin>" in bad.stderr and "line 2 ('bonjour')" in bad.stderr
+
+
+@pytest.mark.parametrize(("args", "workers", "intra_op"), [
+    (["--threads", "2"], 2, 1),                  # the default policy: two batches at once, one thread each
+    (["--threads", "2", "--workers", "1"], 1, 2),  # one batch at a time on two intra-op threads
+    (["--backend", "torch", "--threads", "2"], 1, 2),  # torch runs the model itself on both threads
+])
+def test_threads_become_workers_and_intra_op_threads_by_the_policy(export_dir, tmp_path, monkeypatch,
+                                                                  args, workers, intra_op) -> None:
+    """What `--threads` means is the thread policy's split, observed where the command hands it on:
+    the sessions' intra-op threads (the backend loader's options) and the batches decoded at once."""
+    import mmserve.tasks.batch_translation as batch_translation
+    import server.backends as backends
+
+    seen: dict[str, int] = {}
+    load, run = backends.load_backend, batch_translation.translate_lines
+
+    def recording_load(backend, directory, task, options):
+        seen["intra_op"] = options.intra_op_threads
+        return load(backend, directory, task, options)
+
+    def recording_run(*a, **kw):
+        seen["workers"] = kw["workers"]
+        return run(*a, **kw)
+
+    monkeypatch.setattr(backends, "load_backend", recording_load)
+    monkeypatch.setattr(batch_translation, "translate_lines", recording_run)
+    src, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text("forty-two\nseven hundred\n")
+    model = NUMBERS if "torch" in args else export_dir
+    result = _run(str(model), "-i", str(src), "-o", str(out), *args)
+    assert result.exit_code == 0, result.output
+    assert seen == {"workers": workers, "intra_op": intra_op}
+    assert out.read_text() == "zweiundvierzig\nsiebenhundert\n"
