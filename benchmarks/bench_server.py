@@ -28,6 +28,13 @@ to the figures, so how much of the machine it took is visible rather than assume
         [--rounds 3] [--concurrency 64] [--max-batch-size 32] [--threads 1] [--workers 1]
         [--preprocess-processes 0] [--items-per-request 1] [--only classify|translate] [--json out.json]
         [--frontends 0,1,2] [--upload multipart|raw] [--image-px 64] [--image-format PNG|JPEG] [--wrk]
+        [--decode-lanes N]
+
+`--threads N` is the server's `--threads`: on onnxruntime the translator decodes in N lanes of one
+intra-op thread each (server/continuous.py); `--decode-lanes 1` gives the old split (one loop with N
+intra-op threads). The lanes the server chose are read from /v1/models and printed. The translate
+ceiling stays ONE offline loop with --threads intra-op threads, so with more than one lane the server
+may beat it (ratios above 1).
 
 `--frontends 0,1,2` measures one server per value in turn (0 = the in-process server, N = N HTTP
 frontend processes + one engine process) and ends with a scaling table; the offline ceiling is
@@ -50,6 +57,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -186,6 +194,8 @@ def start_server(args, port: int) -> tuple[subprocess.Popen, float]:
            "--preprocess-processes", str(args.preprocess_processes)]
     if args.server_frontends is not None:
         cmd += ["--frontends", str(args.server_frontends)]
+    if args.decode_lanes is not None:
+        cmd += ["--decode-lanes", str(args.decode_lanes)]
     if args.classifier:
         cmd += ["--classifier", str(args.classifier)]
     if args.translator:
@@ -206,6 +216,17 @@ def start_server(args, port: int) -> tuple[subprocess.Popen, float]:
         time.sleep(0.2)
     proc.kill()
     raise SystemExit("server not ready after 600 s")
+
+
+def translator_lanes(port: int) -> Optional[tuple[int, int]]:
+    """(decode lanes, intra-op threads per lane) of the served translator, from /v1/models."""
+    import httpx
+
+    for model in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["models"]:
+        extra = model.get("extra") or {}
+        if model.get("task") == "translation" and "decode_lanes" in extra:
+            return extra["decode_lanes"], extra["intra_op_threads_per_lane"]
+    return None
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -401,6 +422,8 @@ def main() -> None:
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (server and ceiling alike)")
     parser.add_argument("--workers", type=int, default=1, help="server threads decoding uploads / tokenising")
+    parser.add_argument("--decode-lanes", type=int, default=None,
+                        help="server's --decode-lanes (translator decode loops; default: the thread policy)")
     parser.add_argument("--preprocess-processes", type=int, default=0,
                         help="server processes preprocessing images (the ceiling gets the same pool)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved server/ceiling rounds (medians)")
@@ -472,7 +495,9 @@ def main() -> None:
 
     scaling: dict = {}
     for label, server in results["servers"].items():
-        print(f"\n=== mmserve serve --frontends {label}  (ready in {server['server_ready_s']:.1f} s)")
+        lanes = server.get("translator_lanes")
+        split = f", translator {lanes[0]} decode lane(s) x {lanes[1]} intra-op thread(s)" if lanes else ""
+        print(f"\n=== mmserve serve --frontends {label}  (ready in {server['server_ready_s']:.1f} s{split})")
         for name in workloads:
             scaling.setdefault(name, {})[label] = report(name, server[name], args, per)
     if len(settings) > 1:
@@ -487,7 +512,7 @@ def main() -> None:
 def measure_server(args, port: int, workloads: dict, ceilings: dict) -> dict:
     """Start one server configuration, measure light load, then interleaved heavy-load / ceiling rounds."""
     proc, ready_s = start_server(args, port)
-    out: dict = {"server_ready_s": ready_s}
+    out: dict = {"server_ready_s": ready_s, "translator_lanes": translator_lanes(port)}
     try:
         for name, requests in workloads.items():
             before = batch_counters(port)

@@ -4,7 +4,8 @@ bounded queue per model; a worker thread per model takes up to `max_batch_size` 
 the request that owns it.
 
 - Model work runs on the worker thread, never on the event loop; one thread per model serialises the
-  backend, so backends need not be thread-safe.
+  backend, so backends need not be thread-safe. (The translator's continuous batcher may run several
+  worker threads, "lanes", over one stepper: see continuous.py.)
 - One request's items may span several batches; `submit` gathers them back in order.
 - Only items with the same `key` share a batch (e.g. /classify with and without `explain` run
   different graphs). Items of other keys keep their place in the queue.
@@ -18,7 +19,8 @@ the request that owns it.
 - `stop(drain=True)` refuses new work, lets the worker finish everything queued, then joins it.
 
 `BatchQueue` holds the parts shared with the translator's continuous batcher (continuous.py): the
-bounded queue, submit/cancel, delivery to the event loop, shutdown; subclasses write `_worker`.
+bounded queue, submit/cancel, delivery to the event loop, shutdown; subclasses write `_worker(index)`,
+run on `_worker_count()` threads (1 unless a subclass says otherwise).
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ class BatchQueue:
         self._queue: collections.deque[Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread: Optional[threading.Thread] = None
+        self._threads: list[threading.Thread] = []
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._stats_lock = threading.Lock()  # several worker threads may record a run at once
         self._avg_batch_s = 0.01  # EWMA of one model run's wall time, for Retry-After
         self.batches_run = 0
 
@@ -80,11 +83,18 @@ class BatchQueue:
 
     def start(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run_worker, name=f"batcher-{self.name}", daemon=True)
-        self._thread.start()
+        count = self._worker_count()
+        self._threads = [
+            threading.Thread(target=self._run_worker, args=(i,), daemon=True,
+                             name=f"batcher-{self.name}" + (f"-{i}" if count > 1 else ""))
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, drain: bool = True, timeout: Optional[float] = None) -> None:
-        """Refuse new items; with `drain` run what is queued first, else fail it with ShuttingDown."""
+        """Refuse new items; with `drain` run what is queued first, else fail it with ShuttingDown.
+        Joins every worker thread, all within `timeout` seconds together."""
         with self._cond:
             self._stopping = True
             if not drain:
@@ -93,8 +103,9 @@ class BatchQueue:
                 self._on_removed(dropped)
                 self._fail_items(dropped, ShuttingDown(self.name), "shutdown")
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     @property
     def depth(self) -> int:
@@ -102,7 +113,8 @@ class BatchQueue:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """A worker thread is alive (False once stop() has joined them all)."""
+        return any(thread.is_alive() for thread in self._threads)
 
     # ------------------------------------------------------------------ event-loop side
 
@@ -155,9 +167,9 @@ class BatchQueue:
 
     # ------------------------------------------------------------------ worker side
 
-    def _run_worker(self) -> None:
+    def _run_worker(self, index: int) -> None:
         try:
-            self._worker()
+            self._worker(index)
         except BaseException:  # pragma: no cover - a bug in the loop itself: fail loudly, fail everything
             log.exception("model %r: batching worker crashed", self.name)
             with self._cond:
@@ -167,7 +179,11 @@ class BatchQueue:
             self._fail_items(dropped, BackendFault(self.name), "backend_error")
             raise
 
-    def _worker(self) -> None:
+    def _worker_count(self) -> int:
+        """Worker threads to start, each running `_worker(index)` for index in range(count)."""
+        return 1
+
+    def _worker(self, index: int) -> None:
         raise NotImplementedError
 
     def _on_added(self, items: list[Item]) -> None:
@@ -190,8 +206,9 @@ class BatchQueue:
             self._m.queue_wait.observe(now - item.enqueued)
 
     def _observe_run(self, size: int, elapsed: float) -> None:
-        self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * elapsed
-        self.batches_run += 1
+        with self._stats_lock:
+            self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * elapsed
+            self.batches_run += 1
         self._m.batch_size.observe(size)
         self._m.batch_duration.observe(elapsed)
 
@@ -254,7 +271,7 @@ class DynamicBatcher(BatchQueue):
         for item in items:
             self._per_key[item.key] -= 1
 
-    def _worker(self) -> None:
+    def _worker(self, index: int) -> None:
         while True:
             batch = self._next_batch()
             if batch is None:

@@ -23,6 +23,17 @@ Newcomers admitted together are sorted by source length and encoded in one padde
 whose client went away is dropped at the next step boundary. A failing `encode` fails only the
 newcomers it was encoding; a failing `decode_step` fails the sentences in the running batch (that
 batch), and the worker carries on with the queue.
+
+Lanes (`lanes` > 1): that many worker threads, each with its own running batch (`_Lane`: its
+sentences, caches and masks), all admitting from the one FIFO queue under the budgets above, which hold
+per lane, and all calling the one stepper. It is CTranslate2's `inter_threads`: onnxruntime releases the
+GIL inside `run` and a session may be run from several threads at once, so two loops of one intra-op
+thread each decode side by side, where one loop of two intra-op threads gains little on a small
+translator (`exporters.onnx.runtime.ThreadPolicy` has the measurements). A sentence lives in one lane
+from admission to answer, and its arithmetic never looks at other rows, so it decodes to the same tokens
+in any lane. A running lane leaves the queue to an idle lane when there is one, so light load spreads
+over the lanes instead of crowding one. Everything above holds per lane: a failing `decode_step` fails
+that lane's sentences only, and the other lanes carry on.
 """
 
 from __future__ import annotations
@@ -86,8 +97,60 @@ class _Sentence:
         return self.job.beam_size
 
 
+class _Lane:
+    """One decode loop's running batch: its sentences (in row order; sentence i owns rows
+    [offset, offset + k)) and the tensors their rows share. Only the lane's own worker thread reads or
+    writes it; other threads (metrics, Retry-After, tests) read the plain ints `reported_rows`,
+    `steps_run` and `joins_mid_flight`."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.steps_run = 0
+        self.joins_mid_flight = 0  # admissions into a non-empty running batch
+        self.reported_rows = 0  # this lane's share of the rows gauge (and of `ContinuousBatcher.rows`)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the running batch (all its sentences have left)."""
+        self.sentences: list[_Sentence] = []
+        self.self_kv: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # [R, H, P, Dh]
+        self.self_pad: Optional[torch.Tensor] = None  # [R, P]
+        self.cross_kv: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # [R, H, S, Dh]
+        self.src_pad: Optional[torch.Tensor] = None  # [R, S]
+        self.tokens: Optional[torch.Tensor] = None  # [R] next input token per row
+        self.positions: Optional[torch.Tensor] = None  # [R]
+        self.sums: Optional[torch.Tensor] = None  # [R] greedy running log-prob sums (float32)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.k for s in self.sentences)
+
+    def tokens_in_use(self) -> int:
+        return sum(s.job.tokens for s in self.sentences)
+
+    def trim(self) -> None:
+        """Drop cache slots that are padding in every row (oldest first) and source columns that are
+        padding in every row (widest source gone)."""
+        if self.self_kv is not None and self.self_pad.shape[1]:
+            used = (~self.self_pad).any(dim=0)
+            first = int(used.to(torch.int8).argmax()) if bool(used.any()) else self.self_pad.shape[1]
+            if first:
+                self.self_pad = self.self_pad[:, first:]
+                self.self_kv = [(k[:, :, first:], v[:, :, first:]) for k, v in self.self_kv]
+        used = (~self.src_pad).any(dim=0)
+        width = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
+        if width < self.src_pad.shape[1]:
+            self.src_pad = self.src_pad[:, :width]
+            self.cross_kv = [(k[:, :, :width], v[:, :, :width]) for k, v in self.cross_kv]
+
+
 class ContinuousBatcher(BatchQueue):
-    """The translator's queue + decode loop. Items are `TranslationJob`s; results (token ids, score)."""
+    """The translator's queue + decode loops. Items are `TranslationJob`s; results (token ids, score).
+
+    `lanes` worker threads each run their own batch (see the module docstring); the row and token
+    budgets (`policy.max_batch_size`, `max_batch_tokens`) hold per lane. With more than one lane the
+    stepper's methods are called from several threads at once, so it must be re-entrant (the
+    onnxruntime and torch steppers are: neither keeps state between calls)."""
 
     def __init__(
         self,
@@ -102,7 +165,10 @@ class ContinuousBatcher(BatchQueue):
         device: torch.device | str = "cpu",
         metrics: Optional[Metrics] = None,
         rules: SearchRules = SearchRules(),
+        lanes: int = 1,
     ) -> None:
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
         super().__init__(name, policy, metrics)
         self.rules = rules  # decoding.SearchRules: mmserve's or fairseq-generate's scoring
         self.stepper = stepper
@@ -111,65 +177,82 @@ class ContinuousBatcher(BatchQueue):
         self.banned = sorted({pad_id, bos_id} - {eos_id})
         self.max_batch_tokens = max_batch_tokens
         self.device = torch.device(device)
-        self.steps_run = 0
-        self.joins_mid_flight = 0  # admissions into a non-empty running batch (for tests/metrics)
-        self._reset()
+        self.lanes = [_Lane(i) for i in range(lanes)]
+        self._idle_lanes = 0  # lanes waiting in _admit with nothing running (under the lock)
+        self._m.active_rows.set(0)
 
-    # ------------------------------------------------------------------ running-batch state
+    def _worker_count(self) -> int:
+        return len(self.lanes)
 
-    def _reset(self) -> None:
-        self.sentences: list[_Sentence] = []  # in row order; sentence i owns rows [offset, offset + k)
-        self.self_kv: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # [R, H, P, Dh]
-        self.self_pad: Optional[torch.Tensor] = None  # [R, P]
-        self.cross_kv: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # [R, H, S, Dh]
-        self.src_pad: Optional[torch.Tensor] = None  # [R, S]
-        self.tokens: Optional[torch.Tensor] = None  # [R] next input token per row
-        self.positions: Optional[torch.Tensor] = None  # [R]
-        self.sums: Optional[torch.Tensor] = None  # [R] greedy running log-prob sums (float32)
-        self._set_rows(0)
+    # ------------------------------------------------------------------ totals over the lanes
 
     @property
     def rows(self) -> int:
-        return sum(s.k for s in self.sentences)
+        """Decoder rows running in all lanes."""
+        return sum(lane.reported_rows for lane in self.lanes)
 
-    def _tokens_in_use(self) -> int:
-        return sum(s.job.tokens for s in self.sentences)
+    @property
+    def steps_run(self) -> int:
+        return sum(lane.steps_run for lane in self.lanes)
 
-    def _set_rows(self, n: int) -> None:
-        self._m.active_rows.set(n)
+    @property
+    def joins_mid_flight(self) -> int:
+        """Admissions into a non-empty running batch (for tests/metrics)."""
+        return sum(lane.joins_mid_flight for lane in self.lanes)
+
+    def _set_rows(self, lane: _Lane) -> None:
+        """Move the rows gauge by this lane's change only: each lane adds its own share, so lanes
+        updating it at the same time never overwrite each other's rows."""
+        rows = lane.rows
+        if rows != lane.reported_rows:
+            self._m.active_rows.inc(rows - lane.reported_rows)
+            lane.reported_rows = rows
+
+    def _reset(self, lane: _Lane) -> None:
+        lane.reset()
+        self._set_rows(lane)
 
     # ------------------------------------------------------------------ worker loop
 
-    def _worker(self) -> None:
+    def _worker(self, index: int) -> None:
+        lane = self.lanes[index]
         while True:
-            newcomers = self._admit()
+            newcomers = self._admit(lane)
             if newcomers is None:
                 return
             if newcomers:
-                self._join(newcomers)
-            self._drop_cancelled()
-            if self.sentences:
-                self._step()
+                self._join(lane, newcomers)
+            self._drop_cancelled(lane)
+            if lane.sentences:
+                self._step(lane)
 
-    def _admit(self) -> Optional[list[Item]]:
-        """Items to add before the next step. Blocks only when nothing is running; None = stop."""
+    def _admit(self, lane: _Lane) -> Optional[list[Item]]:
+        """Items for `lane` to add before its next step. Blocks only when the lane runs nothing;
+        None = stop (stopping, queue empty, lane empty)."""
         p = self.policy
         with self._cond:
-            if not self.sentences:
-                while not self._queue:
-                    if self._stopping:
-                        return None
-                    self._cond.wait()
-                # Idle start: give concurrent arrivals max_queue_delay to share the first encode.
-                deadline = self._queue[0].enqueued + p.max_queue_delay_s
-                while not self._stopping and sum(i.payload.rows for i in self._queue) < p.max_batch_size:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-            rows, tokens = self.rows, self._tokens_in_use()
-            if rows and self._queue and p.max_batch_size - rows < self._join_threshold():
-                return []  # let a few more rows free up: one join of many is cheaper than many of one
+            if not lane.sentences:
+                self._idle_lanes += 1
+                try:
+                    while not self._queue:
+                        if self._stopping:
+                            return None
+                        self._cond.wait()
+                    # Idle start: give concurrent arrivals max_queue_delay to share the first encode.
+                    deadline = self._queue[0].enqueued + p.max_queue_delay_s
+                    while not self._stopping and sum(i.payload.rows for i in self._queue) < p.max_batch_size:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                finally:
+                    self._idle_lanes -= 1
+            rows, tokens = lane.rows, lane.tokens_in_use()
+            free = p.max_batch_size - rows
+            if rows and self._queue and (self._idle_lanes or free < self._join_threshold()):
+                # An idle lane takes the queue within max_queue_delay and decodes it side by side;
+                # otherwise let a few more rows free up: one join of many is cheaper than many of one.
+                return []
             admitted: list[Item] = []
             while self._queue:
                 job: TranslationJob = self._queue[0].payload
@@ -181,6 +264,8 @@ class ContinuousBatcher(BatchQueue):
                     continue
                 admitted.append(item)
                 rows, tokens = rows + job.rows, tokens + job.tokens
+            if self._queue and admitted:
+                self._cond.notify()  # what did not fit here: wake an idle lane for it (submit woke one only)
             self._set_depth()
         now = time.monotonic()
         admitted = self._expire(admitted, now)
@@ -206,8 +291,8 @@ class ContinuousBatcher(BatchQueue):
 
     # ------------------------------------------------------------------ joining
 
-    def _join(self, items: list[Item]) -> None:
-        """Encode newcomers (sorted by length, one padded batch) and append their rows."""
+    def _join(self, lane: _Lane, items: list[Item]) -> None:
+        """Encode newcomers (sorted by length, one padded batch) and append their rows to the lane."""
         items = sorted(items, key=lambda i: len(i.payload.src))
         src, src_pad = pad_sources([i.payload.src for i in items], self.pad_id)
         src, src_pad = src.to(self.device), src_pad.to(self.device)
@@ -224,33 +309,34 @@ class ContinuousBatcher(BatchQueue):
         src_pad = src_pad.index_select(0, expand)
         new_rows = len(expand)
         new_sentences = [self._new_sentence(item) for item in items]
-        if self.sentences:
-            self.joins_mid_flight += len(items)
+        if lane.sentences:
+            lane.joins_mid_flight += len(items)
             self._m.decoder_joins.inc(len(items))
-        if not self.sentences:
-            self.self_kv, self.self_pad = None, torch.zeros(new_rows, 0, dtype=torch.bool, device=self.device)
-            self.cross_kv, self.src_pad = cross, src_pad
-            self.tokens = torch.full((new_rows,), self.bos_id, dtype=torch.long, device=self.device)
-            self.positions = torch.zeros(new_rows, dtype=torch.long, device=self.device)
-            self.sums = torch.zeros(new_rows, dtype=torch.float32, device=self.device)
+        if not lane.sentences:
+            lane.self_kv, lane.self_pad = None, torch.zeros(new_rows, 0, dtype=torch.bool, device=self.device)
+            lane.cross_kv, lane.src_pad = cross, src_pad
+            lane.tokens = torch.full((new_rows,), self.bos_id, dtype=torch.long, device=self.device)
+            lane.positions = torch.zeros(new_rows, dtype=torch.long, device=self.device)
+            lane.sums = torch.zeros(new_rows, dtype=torch.float32, device=self.device)
         else:
-            self.cross_kv, self.src_pad = _concat_memory(self.cross_kv, self.src_pad, cross, src_pad)
-            past = self.self_pad.shape[1]
-            if self.self_kv is not None and past > 0:
-                self.self_kv = [
+            lane.cross_kv, lane.src_pad = _concat_memory(lane.cross_kv, lane.src_pad, cross, src_pad)
+            past = lane.self_pad.shape[1]
+            if lane.self_kv is not None and past > 0:
+                lane.self_kv = [
                     (torch.cat([k, k.new_zeros((new_rows, *k.shape[1:]))]),
                      torch.cat([v, v.new_zeros((new_rows, *v.shape[1:]))]))
-                    for k, v in self.self_kv
+                    for k, v in lane.self_kv
                 ]
-            self.self_pad = torch.cat(
-                [self.self_pad, torch.ones(new_rows, past, dtype=torch.bool, device=self.device)]
+            lane.self_pad = torch.cat(
+                [lane.self_pad, torch.ones(new_rows, past, dtype=torch.bool, device=self.device)]
             )
-            self.tokens = torch.cat([self.tokens, torch.full((new_rows,), self.bos_id, dtype=torch.long,
+            lane.tokens = torch.cat([lane.tokens, torch.full((new_rows,), self.bos_id, dtype=torch.long,
                                                              device=self.device)])
-            self.positions = torch.cat([self.positions, torch.zeros(new_rows, dtype=torch.long, device=self.device)])
-            self.sums = torch.cat([self.sums, torch.zeros(new_rows, dtype=torch.float32, device=self.device)])
-        self.sentences.extend(new_sentences)
-        self._set_rows(self.rows)
+            lane.positions = torch.cat([lane.positions,
+                                        torch.zeros(new_rows, dtype=torch.long, device=self.device)])
+            lane.sums = torch.cat([lane.sums, torch.zeros(new_rows, dtype=torch.float32, device=self.device)])
+        lane.sentences.extend(new_sentences)
+        self._set_rows(lane)
 
     def _new_sentence(self, item: Item) -> _Sentence:
         job: TranslationJob = item.payload
@@ -264,40 +350,41 @@ class ContinuousBatcher(BatchQueue):
             s.closed_lengths = torch.zeros((1, k), dtype=torch.long, device=device)
         return s
 
-    def _drop_cancelled(self) -> None:
-        gone = [s for s in self.sentences if s.item.future.cancelled()]
+    def _drop_cancelled(self, lane: _Lane) -> None:
+        gone = [s for s in lane.sentences if s.item.future.cancelled()]
         if gone:
             self._count(len(gone), reason="cancelled")
-            self._keep([s for s in self.sentences if not s.item.future.cancelled()], None)
+            self._keep(lane, [s for s in lane.sentences if not s.item.future.cancelled()], None)
 
     # ------------------------------------------------------------------ one decoder step
 
-    def _step(self) -> None:
+    def _step(self, lane: _Lane) -> None:
         start = time.perf_counter()
-        rows = self.rows
-        self_pad_mask = torch.cat([self.self_pad, torch.zeros(rows, 1, dtype=torch.bool, device=self.device)], 1)
+        rows = lane.rows
+        new_slot = torch.zeros(rows, 1, dtype=torch.bool, device=self.device)
+        self_pad_mask = torch.cat([lane.self_pad, new_slot], 1)
         try:
             with torch.inference_mode():
                 logits, new_kv = self.stepper.decode_step(
-                    self.tokens.unsqueeze(1), self.positions.unsqueeze(1), self.self_kv, self_pad_mask,
-                    self.cross_kv, self.src_pad,
+                    lane.tokens.unsqueeze(1), lane.positions.unsqueeze(1), lane.self_kv, self_pad_mask,
+                    lane.cross_kv, lane.src_pad,
                 )
                 logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
                 if self.banned:
                     logp[:, self.banned] = NEG_INF
                 if self.rules.adjusts_log_probs:
-                    steps = [s.step for s in self.sentences for _ in range(s.k)]
-                    limits = [s.job.max_length for s in self.sentences for _ in range(s.k)]
+                    steps = [s.step for s in lane.sentences for _ in range(s.k)]
+                    limits = [s.job.max_length for s in lane.sentences for _ in range(s.k)]
                     logp = self.rules.adjust(logp, self.eos_id, torch.tensor(steps, device=logp.device),
                                              torch.tensor(limits, device=logp.device))
         except Exception:
-            failed = [s.item for s in self.sentences]
-            self._reset()
+            failed = [s.item for s in lane.sentences]
+            self._reset(lane)
             self._backend_failed(failed)
             return
-        self.self_kv, self.self_pad = new_kv, self_pad_mask
+        lane.self_kv, lane.self_pad = new_kv, self_pad_mask
         greedy_best_logp, greedy_best = logp.max(dim=-1)
-        self.sums = self.sums + greedy_best_logp  # only greedy rows read theirs (as greedy_search does)
+        lane.sums = lane.sums + greedy_best_logp  # only greedy rows read theirs (as greedy_search does)
 
         origin: list[int] = []  # for each surviving row, the row it continues
         next_tokens: list[int] = []
@@ -305,10 +392,10 @@ class ContinuousBatcher(BatchQueue):
         finished: list[_Sentence] = []
         offset = 0
         best_list = greedy_best.tolist()
-        for s in self.sentences:
+        for s in lane.sentences:
             k = s.k
             if k == 1:
-                done = self._greedy(s, offset, best_list[offset])
+                done = self._greedy(s, lane.sums, offset, best_list[offset])
                 if not done:
                     origin.append(offset)
                     next_tokens.append(best_list[offset])
@@ -321,23 +408,23 @@ class ContinuousBatcher(BatchQueue):
                     next_tokens.extend(tokens)
             (finished if done else survivors).append(s)
             offset += k
-        self.steps_run += 1
+        lane.steps_run += 1
         self._observe_run(rows, time.perf_counter() - start)
         if finished:
             self._succeed([(s.item, s.result) for s in finished])
         tokens = torch.tensor(next_tokens, dtype=torch.long, device=self.device)
         if len(origin) == rows and origin == list(range(rows)):  # nobody left, no beam moved: no copies
-            self.tokens, self.positions = tokens, self.positions + 1
-            self._set_rows(rows)
+            lane.tokens, lane.positions = tokens, lane.positions + 1
             return
-        self._keep(survivors, torch.tensor(origin, dtype=torch.long, device=self.device), tokens)
+        self._keep(lane, survivors, torch.tensor(origin, dtype=torch.long, device=self.device), tokens)
 
-    def _greedy(self, s: _Sentence, row: int, token: int) -> bool:
-        """decoding.greedy_search for one row: True when the sentence is finished."""
+    def _greedy(self, s: _Sentence, sums: torch.Tensor, row: int, token: int) -> bool:
+        """decoding.greedy_search for one row (`sums`: the lane's running log-prob sums, read only
+        when the sentence ends): True when the sentence is finished."""
         s.generated[0].append(token)
         s.step += 1
         if token == self.eos_id or s.step == s.job.max_length:
-            score = float(self.sums[row]) / self.rules.penalty(s.step, self.alpha)
+            score = float(sums[row]) / self.rules.penalty(s.step, self.alpha)
             s.result = (s.generated[0], score)
             return True
         return False
@@ -402,55 +489,43 @@ class ContinuousBatcher(BatchQueue):
 
     # ------------------------------------------------------------------ keeping rows
 
-    def _keep(self, survivors: list[_Sentence], index: Optional[torch.Tensor],
+    def _keep(self, lane: _Lane, survivors: list[_Sentence], index: Optional[torch.Tensor],
               next_tokens: Optional[torch.Tensor] = None) -> None:
-        """Restrict the running batch to `survivors`. After a step `index` maps each new row to the old
-        row it continues and `next_tokens` are their inputs; without `index` (dropping cancelled
-        sentences between steps) rows are kept as they are."""
+        """Restrict the lane's running batch to `survivors`. After a step `index` maps each new row to
+        the old row it continues and `next_tokens` are their inputs; without `index` (dropping
+        cancelled sentences between steps) rows are kept as they are."""
         if not survivors:
-            self._reset()
+            self._reset(lane)
             return
         if index is None:
             keep, offset = [], 0
             alive = {id(s) for s in survivors}
-            for s in self.sentences:
+            for s in lane.sentences:
                 if id(s) in alive:
                     keep.extend(range(offset, offset + s.k))
                 offset += s.k
             index = torch.tensor(keep, dtype=torch.long, device=self.device)
-            next_tokens = self.tokens.index_select(0, index)
-            positions = self.positions.index_select(0, index)
+            next_tokens = lane.tokens.index_select(0, index)
+            positions = lane.positions.index_select(0, index)
         else:
-            positions = self.positions.index_select(0, index) + 1
-        self.sentences = survivors
-        if self.self_kv is not None:
-            self.self_kv = self.stepper.reorder_kv(self.self_kv, index)
-        self.self_pad = self.self_pad.index_select(0, index)
-        self.cross_kv = self.stepper.reorder_kv(self.cross_kv, index)
-        self.src_pad = self.src_pad.index_select(0, index)
-        self.sums = self.sums.index_select(0, index)
-        self.tokens, self.positions = next_tokens, positions
-        self._trim()
-        self._set_rows(self.rows)
-
-    def _trim(self) -> None:
-        """Drop cache slots that are padding in every row (oldest first) and source columns that are
-        padding in every row (widest source gone)."""
-        if self.self_kv is not None and self.self_pad.shape[1]:
-            used = (~self.self_pad).any(dim=0)
-            first = int(used.to(torch.int8).argmax()) if bool(used.any()) else self.self_pad.shape[1]
-            if first:
-                self.self_pad = self.self_pad[:, first:]
-                self.self_kv = [(k[:, :, first:], v[:, :, first:]) for k, v in self.self_kv]
-        used = (~self.src_pad).any(dim=0)
-        width = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
-        if width < self.src_pad.shape[1]:
-            self.src_pad = self.src_pad[:, :width]
-            self.cross_kv = [(k[:, :, :width], v[:, :, :width]) for k, v in self.cross_kv]
+            positions = lane.positions.index_select(0, index) + 1
+        lane.sentences = survivors
+        if lane.self_kv is not None:
+            lane.self_kv = self.stepper.reorder_kv(lane.self_kv, index)
+        lane.self_pad = lane.self_pad.index_select(0, index)
+        lane.cross_kv = self.stepper.reorder_kv(lane.cross_kv, index)
+        lane.src_pad = lane.src_pad.index_select(0, index)
+        lane.sums = lane.sums.index_select(0, index)
+        lane.tokens, lane.positions = next_tokens, positions
+        lane.trim()
+        self._set_rows(lane)
 
     def retry_after(self, extra_items: int = 0) -> int:
+        """Seconds until what is queued and running (plus `extra_items`) would likely have decoded:
+        ~20 steps per sentence, the lanes' batches side by side (an average step's time already
+        includes the lanes sharing the cores)."""
         rows = sum(i.payload.rows for i in list(self._queue)) + extra_items + self.rows
-        steps = 2 * rows / max(1, self.policy.max_batch_size) * 20  # ~20 steps per sentence
+        steps = 2 * rows / max(1, self.policy.max_batch_size * len(self.lanes)) * 20
         return max(1, math.ceil(steps * self._avg_batch_s))
 
 

@@ -6,11 +6,14 @@ orchestrator all configure the server the same way and invalid values fail at st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
+
+if TYPE_CHECKING:
+    from exporters.onnx.runtime import ThreadPolicy
 
 __all__ = ["ServerSettings", "Limits", "REPO_ROOT", "default_model_dir"]
 
@@ -89,14 +92,35 @@ class ServerSettings(BaseSettings):
     workers: int = Field(2, ge=1, le=64, description="threads decoding uploads / tokenising texts")
     preprocess_processes: int = Field(0, ge=0, le=64, description="worker processes decoding + preprocessing "
                                                                    "images (0 = on the threads above)")
-    intra_op_threads: int = Field(1, ge=0, description="threads per model run, torch and onnxruntime (0 = their "
-                                                        "defaults); 1 suits small models on few cores")
+    intra_op_threads: int = Field(1, ge=0, description="threads per model (`--threads`), torch and onnxruntime "
+                                                        "(0 = their defaults); 1 suits small models on few "
+                                                        "cores. A translator splits them into decode_lanes")
+    decode_lanes: Optional[int] = Field(
+        None, ge=1, le=64,
+        description="translator: decode loops side by side, each its own running batch, sharing "
+                    "intra_op_threads (unset = the thread policy: on onnxruntime N threads = N lanes of 1 "
+                    "intra-op thread; one lane with every thread on other backends; 1 = one loop with N "
+                    "intra-op threads)")
     warmup: bool = True
     exit_on_load_error: bool = Field(True, description="mmserve serve exits (status 2) when a model fails to "
                                                        "load, like Triton's --exit-on-error; else stays up, unready")
     shutdown_grace_s: float = Field(30.0, ge=0, description="drain in-flight requests this long on shutdown")
 
     limits: Limits = Field(default_factory=Limits)
+
+    def translator_threads(self) -> "ThreadPolicy":
+        """How a translator uses `intra_op_threads`: `workers` decode lanes (continuous.py) of
+        `intra_op_threads` each. The onnxruntime backend follows `exporters.onnx.runtime.thread_policy`
+        (N threads = N lanes of one thread: two loops of one thread decoded the bundled translator at
+        1.6-1.9x of one loop, two intra-op threads in one loop at 0.8-1.0x). Other backends get one
+        lane with every thread unless `decode_lanes` asks for more: lanes call the stepper from several
+        threads at once, which only onnxruntime's and torch's steppers are known to allow."""
+        from exporters.onnx.runtime import thread_policy
+
+        lanes = self.decode_lanes
+        if lanes is None and self.backend != "onnxruntime":
+            lanes = 1
+        return thread_policy(self.backend, self.intra_op_threads, lanes)
 
     @field_validator("plugins", "cors_origins", "models", mode="before")
     @classmethod

@@ -122,8 +122,14 @@ class ServerState:
         return {} if spec is None else spec.serving.model_dump(exclude_none=True)
 
     def options(self, spec: Optional[ModelSpec] = None) -> LoadOptions:
+        """How to load a model. A translator's sessions get the intra-op threads of ONE decode lane
+        (`ServerSettings.translator_threads`): with 2 threads in 2 lanes each session runs on 1, else
+        2 lanes x 2 threads would oversubscribe 2 cores. A classifier (one worker thread) gets them all."""
         s = self.settings.model_copy(update=self._overrides(spec))
-        return LoadOptions(device=s.device, intra_op_threads=s.intra_op_threads, onnx_cache_dir=s.onnx_cache_dir)
+        threads = s.intra_op_threads
+        if spec is not None and spec.task == "translation":
+            threads = s.translator_threads().intra_op_threads
+        return LoadOptions(device=s.device, intra_op_threads=threads, onnx_cache_dir=s.onnx_cache_dir)
 
     def set_threads(self) -> None:
         """The one place the server sets torch's intra-op threads (the engine's models and, in split

@@ -22,7 +22,8 @@ __all__ = ["ServedTranslator"]
 
 
 class ServedTranslator:
-    """One translation model: backend (a step-API stepper + tokenizer), limits and its batcher.
+    """One translation model: backend (a step-API stepper + tokenizer), limits and its batcher, which
+    decodes in `settings.translator_threads().workers` lanes (continuous.py).
 
     In an HTTP frontend process `backend` only needs `name`, `config` and `tokenizer` and `batcher`
     forwards jobs to the engine process (see ServedClassifier)."""
@@ -47,6 +48,8 @@ class ServedTranslator:
             max_queue_size=settings.max_queue_size,
             queue_timeout_s=settings.queue_timeout_s,
         )
+        threads = settings.translator_threads()
+        self.decode_lanes, self.lane_threads = threads.workers, threads.intra_op_threads
         if batcher is not None:
             self.batcher = batcher
             return
@@ -54,6 +57,7 @@ class ServedTranslator:
             self.name, backend.stepper, self.generation.bos_id, self.generation.eos_id, self.generation.pad_id,
             self.generation.length_penalty, policy, settings.max_batch_tokens,
             device=getattr(backend, "device", "cpu"), metrics=metrics, rules=search_rules(self.generation),
+            lanes=self.decode_lanes,
         )
 
     def prepare(self, texts: Sequence[str], beam_size: Optional[int], max_length: Optional[int]) -> list[TranslationJob]:
@@ -96,4 +100,5 @@ class ServedTranslator:
         g = self.generation
         return {"extra": {"beam_size_default": g.beam_size, "max_length_default": g.max_length,
                           "max_length_limit": self.max_length_limit, "max_source_tokens": self.max_source_tokens,
-                          "length_penalty": g.length_penalty, "continuous_batching": True}}
+                          "length_penalty": g.length_penalty, "continuous_batching": True,
+                          "decode_lanes": self.decode_lanes, "intra_op_threads_per_lane": self.lane_threads}}

@@ -99,7 +99,7 @@ def test_staggered_joins_decode_like_alone(backend) -> None:
     assert max(rows for rows, _, _ in stepper.shapes) <= 12  # the row budget holds (beams count K rows)
     assert max(slots for _, slots, _ in stepper.shapes) < 30  # trimmed: never more than the longest history
     assert max(rows for rows, _, _ in stepper.shapes) > 4
-    assert batcher.rows == 0 and batcher.self_kv is None
+    assert batcher.rows == 0 and all(lane.self_kv is None for lane in batcher.lanes)
 
 
 def test_decode_fault_fails_the_running_batch_only(backend) -> None:

@@ -141,7 +141,12 @@ def serve(
     workers: Optional[int] = typer.Option(None, help="threads decoding uploads / tokenising [2]"),
     preprocess_processes: Optional[int] = typer.Option(
         None, help="processes decoding + preprocessing images, to use every core (0 = threads) [0]"),
-    threads: Optional[int] = typer.Option(None, help="intra-op threads per model run (0 = backend default) [1]"),
+    threads: Optional[int] = typer.Option(
+        None, help="threads per model (0 = backend default) [1]; a translator on onnxruntime runs N decode "
+                   "lanes of 1 intra-op thread each (see --decode-lanes)"),
+    decode_lanes: Optional[int] = typer.Option(
+        None, help="translator: decode loops side by side, sharing --threads (1 = one loop with every "
+                   "thread) [onnxruntime: --threads; other backends: 1]"),
     max_batch_tokens: Optional[int] = typer.Option(None, help="translator token budget per step [8192]"),
     onnx_cache_dir: Optional[Path] = typer.Option(None, help="where checkpoints get exported for onnxruntime"),
     plugin: list[str] = typer.Option([], help="module to import first (may register a backend); repeatable"),
@@ -157,7 +162,8 @@ def serve(
         classifier=classifier, translator=translator, models=model, model_repository=model_repository,
         default_classifier=default_classifier, default_translator=default_translator, backend=backend, device=device, host=host, port=port,
         max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
-        frontends=frontends, workers=workers, preprocess_processes=preprocess_processes, intra_op_threads=threads, max_batch_tokens=max_batch_tokens, onnx_cache_dir=onnx_cache_dir,
+        frontends=frontends, workers=workers, preprocess_processes=preprocess_processes, intra_op_threads=threads,
+        decode_lanes=decode_lanes, max_batch_tokens=max_batch_tokens, onnx_cache_dir=onnx_cache_dir,
         plugins=plugin, cors_origins=cors_origin, log_level=log_level, access_log=access_log,
     )
     if ray:

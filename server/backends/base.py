@@ -2,9 +2,13 @@
 warm up, and a batched `run`. Pre/post-processing is not here: it lives in `mmserve.tasks` and runs in
 the server, so a new backend (TensorRT, ...) only has to turn a batch of tensors into a batch of tensors.
 
-Thread-safety contract: the server calls `run` (and the stepper's methods) from ONE worker thread per
-model, so a backend need not be re-entrant. Anything else that calls it concurrently (a benchmark's
-offline loop) must serialise itself.
+Thread-safety contract: the server calls `run` from ONE worker thread per model, so a backend need not
+be re-entrant. A translator's stepper is the exception when the continuous batcher runs several decode
+lanes (server/continuous.py): each lane's thread calls `encode` / `cross_kv` / `decode_step` /
+`reorder_kv` on its own batch at the same time as the others, so a stepper must then keep no state
+between calls. onnxruntime's (one InferenceSession run from several threads) and torch's are; lanes are
+automatic only on onnxruntime, other backends get one lane unless `--decode-lanes` asks for more.
+Anything else that calls a backend concurrently (a benchmark's offline loop) must serialise itself.
 """
 
 from __future__ import annotations
