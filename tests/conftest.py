@@ -172,6 +172,20 @@ def make_tiny_translator(directory: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
+def numbers_export(tmp_path_factory) -> Path:
+    """The bundled numbers-en-de translator exported to ONNX once per test session (the thread-policy
+    and decode-lane tests both decode it on onnxruntime)."""
+    numbers = REPO / "models" / "numbers-en-de"
+    if not (numbers / "model.safetensors").is_file():
+        pytest.skip("bundled numbers-en-de is not in this checkout (make train-bundled)")
+    from exporters.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "numbers-en-de"
+    export_onnx(numbers, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_translator(tmp_path_factory) -> Path:
     return make_tiny_translator(tmp_path_factory.mktemp("models") / "tiny-translator")
 

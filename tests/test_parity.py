@@ -41,13 +41,6 @@ def digits_export(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def numbers_export(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("onnx") / "numbers-en-de"
-    export_onnx(_bundled(NUMBERS), out)
-    return out
-
-
 def _parity(args: list[str], tmp_path: Path) -> tuple[int, dict, str]:
     report = tmp_path / "report.json"
     # One thread: this machine is shared, and torch's second thread only adds contention here.

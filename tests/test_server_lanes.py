@@ -17,7 +17,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from exporters.onnx import export_onnx
 from exporters.onnx.runtime import OnnxSeq2SeqStepper, RuntimeOptions
 from mmserve.checkpoints import read_config
 from mmserve.data.numbers import heldout_texts
@@ -73,15 +72,6 @@ class ThreadRecorder:
 
     def threads(self) -> set[str]:
         return {name for name, _ in self.calls}
-
-
-@pytest.fixture(scope="module")
-def numbers_export(tmp_path_factory) -> Path:
-    if not (NUMBERS / "model.safetensors").is_file():
-        pytest.skip("bundled numbers-en-de is not in this checkout (make train-bundled)")
-    out = tmp_path_factory.mktemp("onnx") / "numbers-en-de"
-    export_onnx(NUMBERS, out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from exporters.onnx import export_onnx
 from exporters.onnx.runtime import (OnnxSeq2SeqStepper, RuntimeOptions, _session_options, apply_thread_policy,
                                     thread_policy)
 from mmserve.checkpoints import read_config
@@ -21,15 +20,6 @@ from mmserve.models.decoding import translate
 from mmserve.tasks.translation import load_tokenizer
 
 NUMBERS = Path(__file__).resolve().parents[1] / "models" / "numbers-en-de"
-
-
-@pytest.fixture(scope="module")
-def numbers_export(tmp_path_factory) -> Path:
-    if not (NUMBERS / "model.safetensors").is_file():
-        pytest.skip("bundled numbers-en-de is not in this checkout (make train-bundled)")
-    out = tmp_path_factory.mktemp("onnx") / "numbers-en-de"
-    export_onnx(NUMBERS, out)
-    return out
 
 
 def test_policy_splits_threads_between_runtimes() -> None:
