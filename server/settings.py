@@ -5,6 +5,7 @@ orchestrator all configure the server the same way and invalid values fail at st
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional
 
@@ -15,9 +16,15 @@ from typing_extensions import Annotated
 if TYPE_CHECKING:
     from exporters.onnx.runtime import ThreadPolicy
 
-__all__ = ["ServerSettings", "Limits", "REPO_ROOT", "default_model_dir"]
+__all__ = ["ServerSettings", "Limits", "REPO_ROOT", "default_model_dir", "available_cpus"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container or `taskset` narrows;
+    os.cpu_count() counts the whole machine): what thread and process defaults are sized by."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_model_dir(name: str) -> Path:

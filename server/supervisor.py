@@ -40,7 +40,7 @@ import uvicorn
 from prometheus_client import multiprocess as prometheus_multiprocess
 from uvicorn.supervisors.multiprocess import Multiprocess
 
-from .settings import ServerSettings
+from .settings import ServerSettings, available_cpus
 
 __all__ = ["run_split", "default_frontends", "EngineKeeper"]
 
@@ -54,7 +54,7 @@ def default_frontends(cpus: Optional[int] = None) -> int:
     """One frontend per two cores, at least one, at most 8: the engine needs cores for the model and
     its batcher threads, and each frontend process costs its own memory (~150 MB with torch imported)."""
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = available_cpus()
     return max(1, min(8, cpus // 2))
 
 

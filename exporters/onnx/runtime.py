@@ -96,13 +96,12 @@ def thread_policy(backend: str, threads: int, workers: Optional[int] = None) -> 
     None = the policy's choice (see ThreadPolicy), else that many workers sharing the threads."""
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers is None:  # torch: one worker with every thread; onnxruntime: one worker per thread
+        workers = 1 if backend == "torch" else max(1, threads)
+    per_worker = max(1, threads // workers) if threads else 0
     if backend == "torch":
-        lanes = workers or 1
-        per_lane = max(1, threads // lanes) if threads else 0
-        return ThreadPolicy(intra_op_threads=per_lane, torch_threads=per_lane, allow_spinning=False, workers=lanes)
-    lanes = workers if workers is not None else max(1, threads)
-    per_lane = max(1, threads // lanes) if threads else 0
-    return ThreadPolicy(intra_op_threads=per_lane, torch_threads=1, allow_spinning=per_lane == 1, workers=lanes)
+        return ThreadPolicy(intra_op_threads=per_worker, torch_threads=per_worker, allow_spinning=False, workers=workers)
+    return ThreadPolicy(intra_op_threads=per_worker, torch_threads=1, allow_spinning=per_worker == 1, workers=workers)
 
 
 def apply_thread_policy(backend: str, threads: int, workers: Optional[int] = None) -> ThreadPolicy:

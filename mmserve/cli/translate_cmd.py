@@ -106,6 +106,7 @@ def translate(
     from mmserve.tasks.translation import SourceTextError
     from mmserve.training.common import training_progress
     from server.backends import LoadOptions, load_backend
+    from server.settings import ServerSettings, available_cpus
 
     if on_error not in ("fail", "empty"):
         raise UserError(f"--on-error: expected 'fail' or 'empty', got {on_error!r}")
@@ -116,11 +117,9 @@ def translate(
     lines = read_lines(input_path)
     console = Console(stderr=True)
     if onnx_cache_dir is None:
-        from server.settings import ServerSettings
-
         onnx_cache_dir = ServerSettings.model_fields["onnx_cache_dir"].default
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = available_cpus()
     policy = apply_thread_policy(backend, threads, workers)
     loaded = load_backend(backend, model_dir, "translation", LoadOptions(
         device="cpu", intra_op_threads=policy.intra_op_threads, onnx_cache_dir=onnx_cache_dir))
