@@ -5,7 +5,6 @@ them alone; the cache is trimmed as rows leave; faults and cancellations stay co
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 import torch
@@ -18,16 +17,16 @@ from server.batching import BatchPolicy
 from server.continuous import ContinuousBatcher, TranslationJob
 from server.errors import BackendFault
 from server.metrics import Metrics
+from stepper_support import DelegatingStepper
 
 TEXTS = [num2words(n) for n in (0, 7, 42, 105, 999, 1234, 20_020, 345_678, 13, 88, 700_001, 5, 61, 4_004)]
 
 
-class Stepper:
+class Stepper(DelegatingStepper):
     """Wraps the torch translator: optional delay per step, optional faults, records batch shapes."""
 
     def __init__(self, inner, delay: float = 0.0) -> None:
-        self.inner = inner
-        self.delay = delay
+        super().__init__(inner, delay)
         self.fail_decode_at: int | None = None
         self.fail_encode_token: int | None = None
         self.steps = 0
@@ -36,22 +35,14 @@ class Stepper:
     def encode(self, src_ids, src_pad_mask):
         if self.fail_encode_token is not None and bool((src_ids == self.fail_encode_token).any()):
             raise RuntimeError("injected encode fault")
-        return self.inner.encode(src_ids, src_pad_mask)
-
-    def cross_kv(self, memory):
-        return self.inner.cross_kv(memory)
-
-    def reorder_kv(self, kv, index):
-        return self.inner.reorder_kv(kv, index)
+        return super().encode(src_ids, src_pad_mask)
 
     def decode_step(self, tokens, positions, self_kv, self_pad_mask, cross_kv, src_pad_mask):
         self.steps += 1
         if self.fail_decode_at is not None and self.steps == self.fail_decode_at:
             raise RuntimeError("injected decode fault")
-        if self.delay:
-            time.sleep(self.delay)
         self.shapes.append((tokens.shape[0], self_pad_mask.shape[1] - 1, src_pad_mask.shape[1]))
-        return self.inner.decode_step(tokens, positions, self_kv, self_pad_mask, cross_kv, src_pad_mask)
+        return super().decode_step(tokens, positions, self_kv, self_pad_mask, cross_kv, src_pad_mask)
 
 
 @pytest.fixture(scope="module")

@@ -28,34 +28,25 @@ from server.continuous import ContinuousBatcher, TranslationJob
 from server.errors import BackendFault, ShuttingDown
 from server.metrics import Metrics
 from server.repository import ModelSpec
+from stepper_support import DelegatingStepper
 from server.settings import ServerSettings
 from server.state import ServerState
 
 NUMBERS = Path(__file__).resolve().parents[1] / "models" / "numbers-en-de"
 
 
-class ThreadRecorder:
+class ThreadRecorder(DelegatingStepper):
     """Wraps a stepper: records which thread ran each decode_step and with how many rows; an optional
     delay per step; an optional fault on the Nth decode_step of one named thread."""
 
     def __init__(self, inner, delay: float = 0.0) -> None:
-        self.inner = inner
-        self.delay = delay
+        super().__init__(inner, delay)
         self.calls: list[tuple[str, int]] = []  # (thread name, rows) per decode_step
         self.fail_thread: str | None = None
         self.fail_at = 0
         self.failed_rows: int | None = None  # rows of the batch the fault hit
         self._per_thread: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
-
-    def encode(self, src_ids, src_pad_mask):
-        return self.inner.encode(src_ids, src_pad_mask)
-
-    def cross_kv(self, memory):
-        return self.inner.cross_kv(memory)
-
-    def reorder_kv(self, kv, index):
-        return self.inner.reorder_kv(kv, index)
 
     def decode_step(self, tokens, positions, self_kv, self_pad_mask, cross_kv, src_pad_mask):
         name = threading.current_thread().name
@@ -66,9 +57,7 @@ class ThreadRecorder:
         if name == self.fail_thread and nth == self.fail_at:
             self.failed_rows = tokens.shape[0]
             raise RuntimeError("injected decode fault")
-        if self.delay:
-            time.sleep(self.delay)
-        return self.inner.decode_step(tokens, positions, self_kv, self_pad_mask, cross_kv, src_pad_mask)
+        return super().decode_step(tokens, positions, self_kv, self_pad_mask, cross_kv, src_pad_mask)
 
     def threads(self) -> set[str]:
         return {name for name, _ in self.calls}
