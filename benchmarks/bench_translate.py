@@ -66,6 +66,7 @@ from exporters.onnx.runtime import OnnxSeq2SeqStepper, RuntimeOptions, apply_thr
 from mmserve.checkpoints import ModelDirConfig, load_model_dir, read_config, save_model_dir  # noqa: E402
 from mmserve.models import MultiMaxTranslator, TranslatorConfig  # noqa: E402
 from mmserve.models.decoding import beam_search, greedy_search  # noqa: E402
+from mmserve.models.native import NativeTranslator  # noqa: E402
 from mmserve.tasks.translation import pad_sources  # noqa: E402
 
 BUNDLED = REPO / "models" / "numbers-en-de"
@@ -238,7 +239,8 @@ def batches_by_length(rows: list[list[int]], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-def mmserve_engine(stepper, rows, batches, beam: int, gen: dict, threads: int, workers: int = 1):
+def mmserve_engine(stepper, rows, batches, beam: int, gen: dict, threads: int, workers: int = 1,
+                   backend: str = "onnxruntime"):
     """A callable decoding every batch, `workers` batches at once (threads share the stepper: the
     sessions are stateless between runs); returns generated ids per sentence (input order)."""
     tensors = [pad_sources([rows[i] for i in batch], gen["pad_id"]) for batch in batches]
@@ -259,7 +261,7 @@ def mmserve_engine(stepper, rows, batches, beam: int, gen: dict, threads: int, w
         pool = ThreadPoolExecutor(workers)
 
     def run() -> list[list[int]]:
-        apply_thread_policy("onnxruntime", threads, workers)
+        apply_thread_policy(backend, threads, workers)
         out: list[list[int]] = [[] for _ in rows]
         items = list(zip(batches, tensors))
         for batch, tokens in (pool.map(one, items) if pool else map(one, items)):
@@ -303,6 +305,7 @@ def bench_model(name: str, model_dir: Path, work: Path, n: int, rounds: int, thr
           f"max_length {gen['max_length']}, {rounds} rounds")
     print(f"conversion check: CTranslate2's greedy outputs for 8 sources scored by CTranslate2 and by the SoftMax "
           f"twin in torch differ by at most {gap:.1e} in log-probability")
+    native = NativeTranslator(load_model_dir(model_dir).model.eval())
     results = []
     for beam in (1, 4):
         # Every engine at every thread count in ONE interleaved comparison, so both the ratio to
@@ -323,12 +326,19 @@ def bench_model(name: str, model_dir: Path, work: Path, n: int, rounds: int, thr
             if t > 1:
                 stepper = OnnxSeq2SeqStepper(exports["mmserve"], RuntimeOptions(intra_op_threads=t))
                 engines[("mmserve 1 loop", t)] = mmserve_engine(stepper, rows, batches, beam, gen, t, workers=1)
+            # `mmserve translate --backend native --threads t`: the C++ translator, t batches at once
+            native_policy = thread_policy("native", t)
+            engines[("mmserve native", t)] = mmserve_engine(
+                native, rows, batches, beam, gen, t, workers=native_policy.workers, backend="native")
         outputs = {key: fn() for key, fn in engines.items()}  # also the warm-up
         timings = compare({f"{label}|{t}": fn for (label, t), fn in engines.items()}, reps=rounds, warmup=0)
         agree = np.mean([a == b for a, b in zip(outputs[("ctranslate2", threads[0])],
                                                  outputs[("mmserve softmax", threads[0])])])
+        native_same = np.mean([a == b for a, b in zip(outputs[("mmserve", threads[0])],
+                                                       outputs[("mmserve native", threads[0])])])
         decoding = "greedy" if beam == 1 else f"beam {beam}"
-        print(f"\n{decoding}   (CTranslate2 == mmserve on the SoftMax twin: {agree:.1%} of sentences)")
+        print(f"\n{decoding}   (CTranslate2 == mmserve on the SoftMax twin: {agree:.1%} of sentences; "
+              f"mmserve native == mmserve onnxruntime: {native_same:.1%})")
         print(f"  {'engine':<22} {'threads':>7} {'sent/s':>9} {'x ctranslate2':>14} {'x own 1 thread':>15} {'tokens/sent':>12}")
         for (label, t) in engines:
             timing = timings[f"{label}|{t}"]
@@ -341,6 +351,7 @@ def bench_model(name: str, model_dir: Path, work: Path, n: int, rounds: int, thr
             results.append({"model": name, "decoding": decoding, "threads": t, "engine": label,
                             "sent_per_s": speed, "ratio_to_ctranslate2": ratio, "ratio_to_1_thread": scaling,
                             "tokens_per_sentence": length, "ctranslate2_agreement_softmax_twin": float(agree),
+                            "native_agreement_onnxruntime": float(native_same),
                             "conversion_max_logprob_gap": gap})
         split = time_breakdown(exports["mmserve"], rows, batches, beam, gen)
         ct2_one = ctranslate2.Translator(str(ct2_dir), device="cpu", inter_threads=1, intra_threads=1)

@@ -64,7 +64,7 @@ class ServerSettings(BaseSettings):
     default_classifier: Optional[str] = Field(None, description="model /classify uses when a request names "
                                                                  "none [--classifier's, else the first classifier]")
     default_translator: Optional[str] = Field(None, description="model /translate uses when a request names none")
-    backend: str = Field("onnxruntime", description="torch | onnxruntime | any registered backend")
+    backend: str = Field("onnxruntime", description="torch | onnxruntime | native (translators) | any registered backend")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     onnx_cache_dir: Path = Field(REPO_ROOT / "build" / "onnx-cache",
                                  description="where checkpoints are exported for onnxruntime, keyed by sha256")
@@ -121,11 +121,12 @@ class ServerSettings(BaseSettings):
         (N threads = N lanes of one thread: two loops of one thread decoded the bundled translator at
         1.6-1.9x of one loop, two intra-op threads in one loop at 0.8-1.0x). Other backends get one
         lane with every thread unless `decode_lanes` asks for more: lanes call the stepper from several
-        threads at once, which only onnxruntime's and torch's steppers are known to allow."""
+        threads at once, which only onnxruntime's, torch's and the native translator's steppers are known
+        to allow; the native one follows the onnxruntime policy (its calls release the GIL)."""
         from exporters.onnx.runtime import thread_policy
 
         lanes = self.decode_lanes
-        if lanes is None and self.backend != "onnxruntime":
+        if lanes is None and self.backend not in ("onnxruntime", "native"):
             lanes = 1
         return thread_policy(self.backend, self.intra_op_threads, lanes)
 

@@ -96,10 +96,11 @@ def thread_policy(backend: str, threads: int, workers: Optional[int] = None) -> 
     None = the policy's choice (see ThreadPolicy), else that many workers sharing the threads."""
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if workers is None:  # torch: one worker with every thread; onnxruntime: one worker per thread
+    if workers is None:  # torch: one worker with every thread; onnxruntime, native: one worker per thread
         workers = 1 if backend == "torch" else max(1, threads)
     per_worker = max(1, threads // workers) if threads else 0
-    if backend == "torch":
+    if backend in ("torch", "native"):
+        # The native translator's sgemm calls take torch's (MKL's) thread count: one per worker.
         return ThreadPolicy(intra_op_threads=per_worker, torch_threads=per_worker, allow_spinning=False, workers=workers)
     return ThreadPolicy(intra_op_threads=per_worker, torch_threads=1, allow_spinning=per_worker == 1, workers=workers)
 

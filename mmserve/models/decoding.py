@@ -40,6 +40,7 @@ import torch
 
 __all__ = [
     "Seq2SeqStepper",
+    "BatchSearcher",
     "Hypothesis",
     "SearchRules",
     "length_penalty",
@@ -78,6 +79,28 @@ class Seq2SeqStepper(Protocol):
 
     def reorder_kv(self, kv: KVCache, index: torch.Tensor) -> KVCache:
         """The cache rows `index` (LongTensor [N]): beam reordering, batch expansion, dropping rows."""
+        ...
+
+
+@runtime_checkable
+class BatchSearcher(Protocol):
+    """A stepper that also runs a whole search natively (`mmserve.models.native.NativeTranslator`):
+    `greedy_search` / `beam_search` hand it the batch instead of looping in Python. It must follow the
+    loops below exactly; the tests compare the two."""
+
+    def search(
+        self,
+        src_ids: torch.Tensor,
+        src_pad_mask: torch.Tensor,
+        bos_id: int,
+        eos_id: int,
+        pad_id: int,
+        max_length: int,
+        beam_size: int,
+        alpha: float,
+        n_best: int,
+        rules: "SearchRules",
+    ) -> list[list["Hypothesis"]]:
         ...
 
 
@@ -196,6 +219,9 @@ def greedy_search(
     rules: SearchRules = _DEFAULT_RULES,
 ) -> list[Hypothesis]:
     """Arg-max decoding of each source row; one `Hypothesis` per row, in order."""
+    if isinstance(stepper, BatchSearcher):
+        hyps = stepper.search(src_ids, src_pad_mask, bos_id, eos_id, pad_id, max_length, 1, alpha, 1, rules)
+        return [h[0] for h in hyps]
     batch = src_ids.shape[0]
     device = src_ids.device
     cross = _encode_state(stepper, src_ids, src_pad_mask)
@@ -252,6 +278,8 @@ def beam_search(
     """Batched beam search; per source row the `n_best` (<= beam_size) best hypotheses, best first."""
     if beam_size < 1 or not 1 <= n_best <= beam_size:
         raise ValueError(f"need beam_size >= 1 and 1 <= n_best <= beam_size, got {beam_size}, {n_best}")
+    if isinstance(stepper, BatchSearcher):
+        return stepper.search(src_ids, src_pad_mask, bos_id, eos_id, pad_id, max_length, beam_size, alpha, n_best, rules)
     k = beam_size
     batch = src_ids.shape[0]
     device = src_ids.device

@@ -28,6 +28,7 @@ BackendLoader = Callable[[Path, str, LoadOptions], Backend]
 _BUILTIN: dict[str, str] = {
     "torch": "server.backends.torch_backend:load",
     "onnxruntime": "server.backends.onnxruntime_backend:load",
+    "native": "server.backends.native_backend:load",
     "tensorrt": "plugins.tensorrt.serving:load",
 }
 _registry: dict[str, Union[BackendLoader, str]] = dict(_BUILTIN)

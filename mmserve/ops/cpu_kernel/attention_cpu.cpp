@@ -19,31 +19,11 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
-extern "C" {
-// Fortran-interface BLAS sgemm (LP64), the one ATen's own CPU BLAS wrapper calls; PyTorch's CPU
-// builds export it from libtorch_cpu (bundled MKL or OpenBLAS). Declared weak: when the running torch
-// does not export it, has_blas() is false and Python keeps the eager attention path.
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc) __attribute__((weak));
-}
-
 namespace mmserve_cpu {
 
 bool has_blas() { return sgemm_ != nullptr; }
 
 namespace {
-
-// Row-major C[m x n] = alpha * A[m x k] * op(B) with A's rows `lda` apart; B is either row-major
-// [k x n] (b_transposed = false) or row-major [n x k] used transposed (true). Column-major sgemm on the
-// transposed problem: C^T = op(B)^T A^T.
-inline void gemm_rowmajor(int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
-                          bool b_transposed, float* c, int ldc) {
-  const float beta = 0.0f;
-  const char ta = b_transposed ? 'T' : 'N';
-  const char tb = 'N';
-  sgemm_(&ta, &tb, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
-}
 
 struct AttnMask {
   MaskKind kind = MaskKind::None;

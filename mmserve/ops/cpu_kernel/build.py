@@ -43,7 +43,7 @@ __all__ = ["BuildInfo", "cache_root", "build", "load", "SOURCE", "SOURCES", "HEA
 log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-SOURCES = [_HERE / "multimax_cpu.cpp", _HERE / "attention_cpu.cpp"]
+SOURCES = [_HERE / "multimax_cpu.cpp", _HERE / "attention_cpu.cpp", _HERE / "translator_cpu.cpp"]
 HEADERS = [_HERE / "multimax_row.h"]
 SOURCE = SOURCES[0]
 _NAMESPACE = "mmserve_cpu"

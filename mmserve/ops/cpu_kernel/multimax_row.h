@@ -26,6 +26,15 @@
 #include <type_traits>
 #include <vector>
 
+extern "C" {
+// Fortran-interface BLAS sgemm (LP64), the one ATen's own CPU BLAS wrapper calls; PyTorch's CPU
+// builds export it from libtorch_cpu (bundled MKL or OpenBLAS). Declared weak: when the running torch
+// does not export it, has_blas() is false and Python keeps the eager paths.
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+}
+
 namespace mmserve_cpu {
 
 constexpr int kMaxOrder = 16;         // ranges/ts of length up to 32
@@ -140,7 +149,7 @@ inline vf keep_lanes(vf v, int64_t n, float fill) {
   return lane < static_cast<int32_t>(n) ? v : splat(fill);
 }
 
-inline vf vexp_nonpos(vf x) {
+__attribute__((always_inline)) inline vf vexp_nonpos(vf x) {
   // Clamp from below with one max whose NaN operand wins (x86 max returns its second operand when
   // either is NaN), so a NaN input stays NaN through the polynomial; -inf and tiny inputs become 0
   // by the final select.
@@ -172,7 +181,7 @@ inline vf vexp_nonpos(vf x) {
 // The rounding error this adds to z is about eps * |t r^2|, negligible next to eps * |z| for the
 // parameters models learn (|r| of order 1). Orders 3+ keep the direct form.
 template <int ORDER>
-inline vf vseglu_shifted(vf x, const Params<float>& p) {
+__attribute__((always_inline)) inline vf vseglu_shifted(vf x, const Params<float>& p) {
   const int order = ORDER >= 0 ? ORDER : p.order;
   vf z = x;
   const vf zero = splat(0.0f);
@@ -385,5 +394,15 @@ void dispatch_order(int order, F&& f) {
 
 // Defined in attention_cpu.cpp: whether the BLAS sgemm the fused attention calls is present.
 bool has_blas();
+
+// Row-major C[m x n] = alpha * A[m x k] * op(B) + beta * C with A's rows `lda` apart; B is either
+// row-major [k x n] (b_transposed = false) or row-major [n x k] used transposed (true, the layout of
+// a Linear weight). Column-major sgemm on the transposed problem: C^T = op(B)^T A^T.
+inline void gemm_rowmajor(int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
+                          bool b_transposed, float* c, int ldc, float beta = 0.0f) {
+  const char ta = b_transposed ? 'T' : 'N';
+  const char tb = 'N';
+  sgemm_(&ta, &tb, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
+}
 
 }  // namespace mmserve_cpu

@@ -1,0 +1,56 @@
+"""The native backend: a translator's model directory run by mmserve's C++ CPU translator
+(`mmserve.models.native`), CTranslate2's way of decoding: the encoder, cached decoder steps and the
+whole greedy / beam search of a batch in one call. Translation only, float32 on the CPU; the C++
+kernels are compiled on first use (`mmserve kernels build`, cached)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmserve.checkpoints import WEIGHTS_NAME, CheckpointError, load_model_dir
+from mmserve.errors import UserError
+
+from .base import LoadOptions, TranslatorBackend
+from .torch_backend import TorchTranslator
+
+__all__ = ["load", "NativeTranslatorBackend"]
+
+
+class NativeTranslatorBackend(TorchTranslator):
+    """The torch translator's directory, tokenizer and info, with the native translator as stepper."""
+
+    def __init__(self, loaded, device: str) -> None:
+        from mmserve.models.native import NativeTranslator, NativeTranslatorError
+
+        super().__init__(loaded, device)
+        try:
+            self.stepper = NativeTranslator(self.model)
+        except NativeTranslatorError as exc:
+            raise UserError(f"{loaded.directory}: the native backend cannot run here: {exc}") from exc
+        self.info.backend = "native"
+        self.info.extra["runtime"] = "mmserve native C++ translator (float32, CPU)"
+
+    def close(self) -> None:
+        self.stepper.close()
+        super().close()
+
+
+def load(path: Path, task: str, options: LoadOptions) -> TranslatorBackend:
+    """Load a translator's model directory onto the native translator; anything else is refused
+    with the reason and what to use instead."""
+    if task != "translation":
+        raise UserError(f"{path}: the native backend runs translators only (use --backend onnxruntime or torch "
+                        f"for {task!r} models)")
+    if options.device != "cpu":
+        raise UserError(f"the native backend runs on the CPU, not {options.device!r}")
+    if not (path / WEIGHTS_NAME).is_file():
+        raise CheckpointError(path, f"the native backend needs a model directory with {WEIGHTS_NAME} "
+                                    "(is this an ONNX export? use --backend onnxruntime)")
+    if options.intra_op_threads:
+        torch.set_num_threads(options.intra_op_threads)
+    loaded = load_model_dir(path, "cpu")
+    if loaded.config.task != task:
+        raise CheckpointError(path, f"is a {loaded.config.task!r} model, expected {task!r}")
+    return NativeTranslatorBackend(loaded, "cpu")
