@@ -169,22 +169,55 @@ struct Cursor {
 // ------------------------------------------------------------------------------ building blocks
 // Which GEMM a Linear runs on. MKL's sgemm (what ATen's own BLAS calls) reached ~85-90 GFLOP/s on
 // this project's AMD EPYC machine at every size tried; oneDNN's inner product (torch's
-// mkldnn::_linear_pointwise op) ~160-190 at 128+ rows and about the same as sgemm at 32 rows, where
-// its per-call cost shows. So: oneDNN from kOneDnnRows rows (encoder, beam search), sgemm below.
-// MMSERVE_NATIVE_GEMM=sgemm|onednn forces one (for measuring); the op's absence means sgemm.
-constexpr int64_t kOneDnnRows = 64;
+// mkldnn::_linear_pointwise op) ~160-190 at 128+ rows and about the same as sgemm at 32 rows x 128
+// inputs, where its per-call cost shows. So oneDNN from kOneDnnWork = rows x inputs (the encoder, beam
+// search, wide models), sgemm below. MMSERVE_NATIVE_GEMM=sgemm|onednn forces one (for measuring);
+// the op's absence means sgemm.
+constexpr int64_t kOneDnnWork = 64 * 128;
+
+using LinearPointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                    std::string_view, c10::List<std::optional<at::Scalar>>,
+                                    std::optional<std::string_view>);
 
 struct GemmChoice {
   c10::optional<c10::OperatorHandle> onednn;
-  int64_t min_rows = kOneDnnRows;
+  c10::optional<c10::TypedOperatorHandle<LinearPointwise>> typed;  // unboxed call when the signature matches
+  int64_t min_work = kOneDnnWork;
   GemmChoice() {
     const char* env = std::getenv("MMSERVE_NATIVE_GEMM");
     const std::string mode = env ? env : "auto";
     if (mode == "sgemm") return;
     onednn = c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_linear_pointwise", ""));
-    if (mode == "onednn") min_rows = 0;
+    if (!onednn) return;
+    try {
+      typed = onednn->typed<LinearPointwise>();
+    } catch (const c10::Error&) {  // another torch's C++ signature: the boxed call still works
+    }
+    if (mode == "onednn") min_work = 0;
+  }
+
+  at::Tensor run(const at::Tensor& input, const Linear& l) const {
+    const std::optional<at::Tensor> bias = l.bias.defined() ? std::optional<at::Tensor>(l.bias) : std::nullopt;
+    if (typed) return typed->call(input, l.weight, bias, "none", c10::List<std::optional<at::Scalar>>(), std::string_view(""));
+    torch::jit::Stack stack{input, l.weight, bias ? c10::IValue(*bias) : c10::IValue(), c10::IValue(std::string("none")),
+                            c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue(std::string(""))};
+    onednn->callBoxed(&stack);
+    return stack[0].toTensor();
   }
 };
+
+// Threads a call may use: torch's setting (torch.set_num_threads, the thread policy). OpenMP's and
+// MKL's thread counts are per calling thread and a decode worker is a fresh thread, so without this its
+// oneDNN / sgemm calls would start teams of every core and two workers would oversubscribe the CPU.
+// ATen does the same lazily for its own parallel ops.
+void use_torch_threads() {
+  thread_local int applied = 0;
+  const int wanted = at::get_num_threads();
+  if (applied != wanted) {
+    at::init_num_threads();
+    applied = wanted;
+  }
+}
 
 const GemmChoice& gemm_choice() {
   static const GemmChoice choice;
@@ -195,13 +228,9 @@ const GemmChoice& gemm_choice() {
 void linear(const Linear& l, const float* x, int64_t m, float* y, int64_t ldy) {
   if (m == 0) return;
   const GemmChoice& gemm = gemm_choice();
-  if (gemm.onednn && m >= gemm.min_rows) {
+  if (gemm.onednn && m * l.in >= gemm.min_work) {
     const at::Tensor input = at::from_blob(const_cast<float*>(x), {m, l.in}, at::TensorOptions().dtype(at::kFloat));
-    torch::jit::Stack stack{input, l.weight, l.bias.defined() ? c10::IValue(l.bias) : c10::IValue(),
-                            c10::IValue(std::string("none")), c10::IValue(c10::List<c10::optional<at::Scalar>>()),
-                            c10::IValue(std::string(""))};
-    gemm.onednn->callBoxed(&stack);
-    const at::Tensor result = stack[0].toTensor();
+    const at::Tensor result = gemm.run(input, l);
     const float* r = result.const_data_ptr<float>();
     if (ldy == l.out) {
       std::memcpy(y, r, sizeof(float) * m * l.out);
@@ -246,22 +275,14 @@ void activation(float* x, int64_t n, bool gelu) {
   }
 }
 
-// softmax(seglu(row) masked) in place (mask: 1 = never attended; nullptr = none).
-void normalise_row(const Params<float>& p, float* row, int64_t n, const uint8_t* mask) {
-  dispatch_order(p.order, [&](auto order) {
-    constexpr int O = decltype(order)::value;
-    if (mask) {
-      forward_row_f32<O, MaskKind::BoolContig>(row, row, n, p, mask, nullptr);
-    } else {
-      forward_row_f32<O, MaskKind::None>(row, row, n, p, nullptr, nullptr);
-    }
-  });
-}
-
-// One query row of one head over n keys: out[Dh] = normalise(scale q.k_j) @ v. Keys/values j sit
-// `stride` floats apart; `scores` has room for n floats.
-void attend(const float* q, const float* k, const float* v, int64_t stride, int64_t n, int64_t Dh,
-            const uint8_t* mask, const Params<float>& p, float scale, float* scores, float* out) {
+// One query row of one head over n keys: out[Dh] = softmax(seglu(scale q.k_j) masked) @ v. Keys and
+// values j sit `stride` floats apart; `scores` has room for n floats; mask: 1 = never attended.
+// Templated on the modulator's order and the mask kind so that the row kernel inlines here: callers
+// pick the instance once per layer (`with_attention`), not per row and head.
+template <int ORDER, MaskKind MK>
+inline void attend(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                   int64_t stride, int64_t n, int64_t Dh, const uint8_t* mask, const Params<float>& p, float scale,
+                   float* __restrict__ scores, float* __restrict__ out) {
   for (int64_t j = 0; j < n; ++j) {
     const float* kj = k + j * stride;
     float s = 0.0f;
@@ -269,7 +290,7 @@ void attend(const float* q, const float* k, const float* v, int64_t stride, int6
     for (int64_t d = 0; d < Dh; ++d) s += q[d] * kj[d];
     scores[j] = s * scale;
   }
-  normalise_row(p, scores, n, mask);
+  forward_row_f32<ORDER, MK>(scores, scores, n, p, mask, nullptr);
   std::memset(out, 0, sizeof(float) * Dh);
   for (int64_t j = 0; j < n; ++j) {
     const float w = scores[j];
@@ -278,6 +299,19 @@ void attend(const float* q, const float* k, const float* v, int64_t stride, int6
 #pragma omp simd
     for (int64_t d = 0; d < Dh; ++d) out[d] += w * vj[d];
   }
+}
+
+// Calls body(attend<ORDER, MK>) with the instance for these parameters and mask presence.
+template <typename Body>
+inline void with_attention(const Params<float>& p, bool masked, Body&& body) {
+  dispatch_order(p.order, [&](auto order) {
+    constexpr int O = decltype(order)::value;
+    if (masked) {
+      body(attend<O, MaskKind::BoolContig>);
+    } else {
+      body(attend<O, MaskKind::None>);
+    }
+  });
 }
 
 // Residual sub-layer bookkeeping: pre-norm x + f(norm(x)), post-norm norm(x + f(x)).
@@ -330,16 +364,18 @@ void encode_into(const Model& M, const int64_t* ids, const uint8_t* mask, int64_
       in = h.data();
     }
     linear(L.attn.qkv, in, m, qkv.data(), 3 * D);
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t hd = 0; hd < H; ++hd) {
-        const float* kb = qkv.data() + b * S * 3 * D + D + hd * Dh;
-        const float* vb = kb + D;
-        for (int64_t i = 0; i < S; ++i) {
-          attend(qkv.data() + (b * S + i) * 3 * D + hd * Dh, kb, vb, 3 * D, S, Dh, mask + b * S, L.attn.p,
-                 M.attn_scale, scores.data(), ctx.data() + (b * S + i) * D + hd * Dh);
+    with_attention(L.attn.p, true, [&](auto attend_one) {
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t hd = 0; hd < H; ++hd) {
+          const float* kb = qkv.data() + b * S * 3 * D + D + hd * Dh;
+          const float* vb = kb + D;
+          for (int64_t i = 0; i < S; ++i) {
+            attend_one(qkv.data() + (b * S + i) * 3 * D + hd * Dh, kb, vb, 3 * D, S, Dh, mask + b * S, L.attn.p,
+                       M.attn_scale, scores.data(), ctx.data() + (b * S + i) * D + hd * Dh);
+          }
         }
       }
-    }
+    });
     linear(L.attn.o, ctx.data(), m, f.data(), D);
     residual(x, f.data(), m, D, M.enc_pre, L.attn_norm, M.eps);
     in = x;
@@ -405,14 +441,16 @@ void decoder_step(const Model& M, int64_t rows, const int64_t* tokens, const int
       std::memcpy(kc + r * row_stride + self.slot * D, q + r * 3 * D + D, sizeof(float) * D);
       std::memcpy(vc + r * row_stride + self.slot * D, q + r * 3 * D + 2 * D, sizeof(float) * D);
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      const uint8_t* mask = self.mask ? self.mask + r * n_self : nullptr;
-      for (int64_t hd = 0; hd < H; ++hd) {
-        const int64_t off = r * row_stride + hd * Dh;
-        attend(q + r * 3 * D + hd * Dh, kc + off, vc + off, D, n_self, Dh, mask, L.self_attn.p, M.attn_scale,
-               ws.scores.data(), ctx + r * D + hd * Dh);
+    with_attention(L.self_attn.p, self.mask != nullptr, [&](auto attend_one) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const uint8_t* mask = self.mask ? self.mask + r * n_self : nullptr;
+        for (int64_t hd = 0; hd < H; ++hd) {
+          const int64_t off = r * row_stride + hd * Dh;
+          attend_one(q + r * 3 * D + hd * Dh, kc + off, vc + off, D, n_self, Dh, mask, L.self_attn.p, M.attn_scale,
+                     ws.scores.data(), ctx + r * D + hd * Dh);
+        }
       }
-    }
+    });
     linear(L.self_attn.o, ctx, rows, f, D);
     residual(x, f, rows, D, M.dec_pre, L.self_norm, M.eps);
     // cross-attention over the source
@@ -422,15 +460,17 @@ void decoder_step(const Model& M, int64_t rows, const int64_t* tokens, const int
       in = h;
     }
     linear(L.cross_attn.q, in, rows, q, D);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t src = cross.row_source ? cross.row_source[r] : r;
-      const uint8_t* mask = cross.mask + src * cross.S;
-      for (int64_t hd = 0; hd < H; ++hd) {
-        const int64_t off = src * cross.s_stride + hd * cross.h_stride;
-        attend(q + r * D + hd * Dh, cross.k[l] + off, cross.v[l] + off, cross.j_stride, cross.S, Dh, mask,
-               L.cross_attn.p, M.attn_scale, ws.scores.data(), ctx + r * D + hd * Dh);
+    with_attention(L.cross_attn.p, true, [&](auto attend_one) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t src = cross.row_source ? cross.row_source[r] : r;
+        const uint8_t* mask = cross.mask + src * cross.S;
+        for (int64_t hd = 0; hd < H; ++hd) {
+          const int64_t off = src * cross.s_stride + hd * cross.h_stride;
+          attend_one(q + r * D + hd * Dh, cross.k[l] + off, cross.v[l] + off, cross.j_stride, cross.S, Dh, mask,
+                     L.cross_attn.p, M.attn_scale, ws.scores.data(), ctx + r * D + hd * Dh);
+        }
       }
-    }
+    });
     linear(L.cross_attn.o, ctx, rows, f, D);
     residual(x, f, rows, D, M.dec_pre, L.cross_norm, M.eps);
     // feed-forward
@@ -471,11 +511,15 @@ struct Rules {
 
 // log_softmax of a logits row with PAD/BOS banned, then the rules (decoding._log_probs + SearchRules.adjust).
 void log_probs(const float* logits, float* out, int64_t V, int64_t step, const Rules& R) {
+  // max, then sum exp(x - max) with the row kernel's vector exp (exp of values <= 0; within a few
+  // float ulps of std::exp), then x - max - log(sum): torch's log_softmax formula.
   float m = -kInf;
   for (int64_t j = 0; j < V; ++j) m = std::max(m, logits[j]);
-  float sum = 0.0f;
-  for (int64_t j = 0; j < V; ++j) sum += std::exp(logits[j] - m);
-  const float shift = m + std::log(sum);
+  const int64_t full = V - V % W;
+  vf acc = splat(0.0f);
+  for (int64_t j = 0; j < full; j += W) acc += vexp_nonpos(vload(logits + j) - m);
+  if (V > full) acc += vexp_nonpos(vload_tail(logits + full, V - full, -kInf) - m);
+  const float shift = m + std::log(hsum(acc));
 #pragma omp simd
   for (int64_t j = 0; j < V; ++j) out[j] = logits[j] - shift;
   for (int64_t id : {R.pad, R.bos}) {
@@ -859,6 +903,7 @@ void translator_release(int64_t handle) {
 }
 
 at::Tensor translator_encode(int64_t handle, const at::Tensor& src_ids, const at::Tensor& src_pad_mask) {
+  use_torch_threads();
   const auto model = get_model(handle);
   const Sources s = read_sources(*model, src_ids, src_pad_mask);
   at::Tensor memory = at::empty({s.B, s.S, model->D}, at::TensorOptions().dtype(at::kFloat));
@@ -869,6 +914,7 @@ at::Tensor translator_encode(int64_t handle, const at::Tensor& src_ids, const at
 
 // Per layer (k, v) as [B, H, S, Dh] views of [B, S, D] buffers (the step API's layout).
 std::vector<at::Tensor> translator_cross_kv(int64_t handle, const at::Tensor& memory_in) {
+  use_torch_threads();
   const auto model = get_model(handle);
   const Model& M = *model;
   TORCH_CHECK(memory_in.dim() == 3 && memory_in.size(2) == M.D, "mmserve_cpu: memory must be [B, S, D]");
@@ -889,6 +935,7 @@ std::vector<at::Tensor> translator_cross_kv(int64_t handle, const at::Tensor& me
 std::tuple<at::Tensor, std::vector<at::Tensor>> translator_decode_step(
     int64_t handle, const at::Tensor& tokens_in, const at::Tensor& positions_in, at::TensorList self_kv,
     const at::Tensor& self_pad_mask, at::TensorList cross_kv, const at::Tensor& src_pad_mask) {
+  use_torch_threads();
   const auto model = get_model(handle);
   const Model& M = *model;
   const int64_t layers = static_cast<int64_t>(M.dec.size());
@@ -959,6 +1006,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> translator_search(
     int64_t handle, const at::Tensor& src_ids, const at::Tensor& src_pad_mask, int64_t bos, int64_t eos, int64_t pad,
     int64_t max_length, int64_t beam_size, double alpha, int64_t n_best, bool fairseq, int64_t min_length,
     int64_t unk_id, double unk_penalty) {
+  use_torch_threads();
   const auto model = get_model(handle);
   const Model& M = *model;
   TORCH_CHECK(beam_size >= 1 && n_best >= 1 && n_best <= beam_size,
