@@ -194,12 +194,16 @@ def test_refusals_name_the_problem() -> None:
         native.search(ids, mask, BOS, EOS, PAD, 500, 1, 0.6, 1, SearchRules())
 
 
-def test_native_backend_refuses_classifiers_with_a_reason() -> None:
-    from mmserve.errors import UserError
+def test_native_backend_loads_classifiers_on_onnxruntime(tmp_path) -> None:
+    """`--backend native` serves a mixed model set: a classifier runs on onnxruntime and says so."""
     from server.backends import LoadOptions, load_backend
 
-    with pytest.raises(UserError, match="translators only"):
-        load_backend("native", REPO / "models" / "digits-vit", "image-classification", LoadOptions(device="cpu"))
+    backend = load_backend("native", REPO / "models" / "digits-vit", "image-classification",
+                           LoadOptions(device="cpu", onnx_cache_dir=tmp_path))
+    try:
+        assert backend.info.backend == "onnxruntime"
+    finally:
+        backend.close()
 
 
 def test_thread_policy_gives_native_one_worker_per_thread() -> None:

@@ -1,10 +1,14 @@
 """The native backend: a translator's model directory run by mmserve's C++ CPU translator
 (`mmserve.models.native`), CTranslate2's way of decoding: the encoder, cached decoder steps and the
-whole greedy / beam search of a batch in one call. Translation only, float32 on the CPU; the C++
-kernels are compiled on first use (`mmserve kernels build`, cached)."""
+whole greedy / beam search of a batch in one call. Float32 on the CPU; the C++ kernels are compiled on
+first use (`mmserve kernels build`, cached).
+
+The native runtime is a translator runtime: other tasks (the image classifiers) load on onnxruntime,
+so `--backend native` serves a mixed model set; /v1/models names the runtime each model really runs on."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -12,10 +16,12 @@ import torch
 from mmserve.checkpoints import WEIGHTS_NAME, CheckpointError, load_model_dir
 from mmserve.errors import UserError
 
-from .base import LoadOptions, TranslatorBackend
+from .base import Backend, LoadOptions
 from .torch_backend import TorchTranslator
 
 __all__ = ["load", "NativeTranslatorBackend"]
+
+log = logging.getLogger(__name__)
 
 
 class NativeTranslatorBackend(TorchTranslator):
@@ -37,12 +43,13 @@ class NativeTranslatorBackend(TorchTranslator):
         super().close()
 
 
-def load(path: Path, task: str, options: LoadOptions) -> TranslatorBackend:
-    """Load a translator's model directory onto the native translator; anything else is refused
-    with the reason and what to use instead."""
+def load(path: Path, task: str, options: LoadOptions) -> Backend:
+    """Load a translator's model directory onto the native translator (other tasks: onnxruntime)."""
     if task != "translation":
-        raise UserError(f"{path}: the native backend runs translators only (use --backend onnxruntime or torch "
-                        f"for {task!r} models)")
+        from .onnxruntime_backend import load as load_onnxruntime
+
+        log.info("%s: %s models run on onnxruntime under --backend native", path, task)
+        return load_onnxruntime(path, task, options)
     if options.device != "cpu":
         raise UserError(f"the native backend runs on the CPU, not {options.device!r}")
     if not (path / WEIGHTS_NAME).is_file():
