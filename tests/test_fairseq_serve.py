@@ -52,7 +52,7 @@ def alone(fairseq_model):
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module", params=["torch", "onnxruntime"])
+@pytest.fixture(scope="module", params=["torch", "onnxruntime", "native"])
 def server(request, fairseq_model, tmp_path_factory):
     model_dir, _ = fairseq_model
     target = model_dir
@@ -66,6 +66,21 @@ def server(request, fairseq_model, tmp_path_factory):
                         env={"MMSERVE_LIMIT_MAX_TEXTS": "8", "MMSERVE_LIMIT_MAX_TEXT_CHARS": "200"})
     yield srv
     assert srv.stop(), srv.output()
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_native_translator_search_equals_the_python_search(fairseq_model, beam: int) -> None:
+    """The imported fairseq translator (post-norm, fairseq positions, fairseq-generate's rules) decoded
+    in one native call per batch gives the torch model's translations and scores."""
+    from mmserve.models.native import NativeTranslator
+
+    model_dir, _ = fairseq_model
+    model, tokenizer = load_model_dir(model_dir).model.eval(), load_tokenizer(model_dir)
+    texts = [" ".join(SRC[(i * 7 + j) % len(SRC)] for j in range(1 + i % 6)) for i in range(24)]
+    want = translate(model, tokenizer, texts, beam_size=beam, batch_size=8)
+    got = translate(NativeTranslator(model), tokenizer, texts, beam_size=beam, batch_size=8)
+    assert [text for text, _ in got] == [text for text, _ in want]
+    assert [score for _, score in got] == pytest.approx([score for _, score in want], abs=1e-4)
 
 
 def _ref_text(ref: ReferenceTranslator, text: str) -> str:

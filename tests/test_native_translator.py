@@ -284,3 +284,12 @@ def check_answers(model, tokenizer, requests, responses) -> None:
         got = response.json()["translations"]
         assert [t["text"] for t in got] == [text for text, _ in want]
         assert [t["score"] for t in got] == pytest.approx([score for _, score in want], abs=1e-4)
+
+
+def test_translate_cli_auto_picks_native_for_a_model_directory(numbers_export) -> None:
+    """`mmserve translate` defaults to `--backend auto`: the native translator for a model directory,
+    onnxruntime for an export directory (no weights for the C++ side to read)."""
+    from mmserve.cli.translate_cmd import choose_backend
+
+    assert choose_backend(REPO / "models" / "numbers-en-de") == "native"
+    assert choose_backend(numbers_export) == "onnxruntime"

@@ -48,8 +48,8 @@ def cache(tmp_path_factory, heldout) -> Path:
     src = tmp_path_factory.mktemp("io") / "in.txt"
     src.write_text("forty-two\n")
     out = src.with_suffix(".out")
-    result = CliRunner().invoke(app, ["translate", str(NUMBERS), "-i", str(src), "-o", str(out),
-                                      "--onnx-cache-dir", str(cache), "--no-progress"])
+    result = CliRunner().invoke(app, ["translate", str(NUMBERS), "-i", str(src), "-o", str(out), "--backend",
+                                      "onnxruntime", "--onnx-cache-dir", str(cache), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert out.read_text() == "zweiundvierzig\n"
     return cache

@@ -76,6 +76,17 @@ def write_lines(path: str, lines: list[str]) -> None:
         raise
 
 
+def choose_backend(model_dir: Path) -> str:
+    """`--backend auto`: the native translator for a model directory (weights in safetensors) when its
+    C++ kernels build here; onnxruntime for an export directory or without a compiler."""
+    from mmserve.checkpoints import WEIGHTS_NAME
+    from mmserve.models.native import native_available
+
+    if (model_dir / WEIGHTS_NAME).is_file() and native_available()[0]:
+        return "native"
+    return "onnxruntime"
+
+
 def translate(
     model_dir: Path = typer.Argument(..., help="translator: model dir (config.json + model.safetensors) or ONNX export dir"),
     input_path: str = typer.Option(..., "--input", "-i", help="text file, one source per line ('-' = stdin)"),
@@ -84,8 +95,9 @@ def translate(
     max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="most target tokens [model default]"),
     batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="sentences per batch"),
     backend: str = typer.Option(
-        "onnxruntime", "--backend",
-        help="onnxruntime | native (mmserve's C++ translator, fastest on CPU) | torch"),
+        "auto", "--backend",
+        help="native (mmserve's C++ translator, the fastest on CPU) | onnxruntime | torch | auto: native for "
+        "a model directory when its C++ kernels build here, else onnxruntime"),
     threads: Optional[int] = typer.Option(
         None, "--threads", min=0, help="threads in all [the CPUs this process may use; 0 = the runtime's default]"),
     workers: Optional[int] = typer.Option(
@@ -112,10 +124,12 @@ def translate(
 
     if on_error not in ("fail", "empty"):
         raise UserError(f"--on-error: expected 'fail' or 'empty', got {on_error!r}")
-    if backend not in ("torch", "onnxruntime", "native"):
-        raise UserError(f"--backend: expected 'onnxruntime', 'native' or 'torch', got {backend!r}")
+    if backend not in ("auto", "torch", "onnxruntime", "native"):
+        raise UserError(f"--backend: expected 'auto', 'native', 'onnxruntime' or 'torch', got {backend!r}")
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a model or export directory (no config.json)")
+    if backend == "auto":
+        backend = choose_backend(model_dir)
     lines = read_lines(input_path)
     console = Console(stderr=True)
     if onnx_cache_dir is None:

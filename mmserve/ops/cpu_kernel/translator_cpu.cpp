@@ -224,28 +224,29 @@ const GemmChoice& gemm_choice() {
   return choice;
 }
 
-// y[m, out] (row stride ldy) = x[m, in] W^T + b.
-void linear(const Linear& l, const float* x, int64_t m, float* y, int64_t ldy) {
-  if (m == 0) return;
+// x[m, in] W^T + b, contiguous [m, out]: written into `buffer` (sgemm), or left in the oneDNN op's
+// result, kept alive by `holder` (no copy); returns where it is. The result may be modified in place.
+float* linear_into(const Linear& l, const float* x, int64_t m, float* buffer, at::Tensor& holder) {
+  if (m == 0) return buffer;
   const GemmChoice& gemm = gemm_choice();
   if (gemm.onednn && m * l.in >= gemm.min_work) {
     const at::Tensor input = at::from_blob(const_cast<float*>(x), {m, l.in}, at::TensorOptions().dtype(at::kFloat));
-    const at::Tensor result = gemm.run(input, l);
-    const float* r = result.const_data_ptr<float>();
-    if (ldy == l.out) {
-      std::memcpy(y, r, sizeof(float) * m * l.out);
-    } else {
-      for (int64_t i = 0; i < m; ++i) std::memcpy(y + i * ldy, r + i * l.out, sizeof(float) * l.out);
-    }
-    return;
+    holder = gemm.run(input, l);
+    return holder.mutable_data_ptr<float>();
   }
-  float beta = 0.0f;
   if (l.b) {
-    for (int64_t r = 0; r < m; ++r) std::memcpy(y + r * ldy, l.b, sizeof(float) * l.out);
-    beta = 1.0f;
+    for (int64_t r = 0; r < m; ++r) std::memcpy(buffer + r * l.out, l.b, sizeof(float) * l.out);
   }
-  gemm_rowmajor(static_cast<int>(m), l.out, l.in, 1.0f, x, l.in, l.w, l.in, /*b_transposed=*/true, y,
-                static_cast<int>(ldy), beta);
+  gemm_rowmajor(static_cast<int>(m), l.out, l.in, 1.0f, x, l.in, l.w, l.in, /*b_transposed=*/true, buffer, l.out,
+                l.b ? 1.0f : 0.0f);
+  return buffer;
+}
+
+// The same into y (row stride l.out), for results that must land in a given buffer.
+void linear(const Linear& l, const float* x, int64_t m, float* y) {
+  at::Tensor holder;
+  const float* r = linear_into(l, x, m, y, holder);
+  if (r != y) std::memcpy(y, r, sizeof(float) * m * l.out);
 }
 
 // LayerNorm of m rows of D (biased variance, as torch), x -> y (may alias).
@@ -323,11 +324,12 @@ void residual(float* x, const float* f, int64_t m, int64_t D, bool pre, const No
 }
 
 // fc2(act(fc1(h))) for m rows.
-void feed_forward(const Model& M, const Linear& fc1, const Linear& fc2, const float* h, int64_t m, float* hidden,
-                  float* out) {
-  linear(fc1, h, m, hidden, fc1.out);
+// fc2(act(fc1(h))) for m rows; returns where the result is (see linear_into).
+float* feed_forward(const Model& M, const Linear& fc1, const Linear& fc2, const float* h, int64_t m,
+                    float* hidden_buffer, float* out_buffer, at::Tensor& hold_hidden, at::Tensor& hold_out) {
+  float* hidden = linear_into(fc1, h, m, hidden_buffer, hold_hidden);
   activation(hidden, m * fc1.out, M.gelu);
-  linear(fc2, hidden, m, out, M.D);
+  return linear_into(fc2, hidden, m, out_buffer, hold_out);
 }
 
 // Token + position embedding (x[m, D]); `offset` is the model's position offset.
@@ -356,35 +358,35 @@ void encode_into(const Model& M, const int64_t* ids, const uint8_t* mask, int64_
   std::vector<int64_t> positions(static_cast<size_t>(m));
   for (int64_t r = 0; r < m; ++r) positions[r] = r % S;
   embed(M, M.src_emb, M.src_pos, M.src_emb_norm, ids, positions.data(), M.src_vocab, m, x);
-  std::vector<float> h(m * D), qkv(m * 3 * D), ctx(m * D), f(m * D), hidden(m * M.ffn_max), scores(S);
+  std::vector<float> h(m * D), qkv_buffer(m * 3 * D), ctx(m * D), f_buffer(m * D), hidden(m * M.ffn_max), scores(S);
+  at::Tensor hold_qkv, hold_f, hold_hidden;
   for (const EncoderLayer& L : M.enc) {
     const float* in = x;
     if (M.enc_pre) {
       layer_norm(L.attn_norm, x, h.data(), m, D, M.eps);
       in = h.data();
     }
-    linear(L.attn.qkv, in, m, qkv.data(), 3 * D);
+    const float* qkv = linear_into(L.attn.qkv, in, m, qkv_buffer.data(), hold_qkv);
     with_attention(L.attn.p, true, [&](auto attend_one) {
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t hd = 0; hd < H; ++hd) {
-          const float* kb = qkv.data() + b * S * 3 * D + D + hd * Dh;
+          const float* kb = qkv + b * S * 3 * D + D + hd * Dh;
           const float* vb = kb + D;
           for (int64_t i = 0; i < S; ++i) {
-            attend_one(qkv.data() + (b * S + i) * 3 * D + hd * Dh, kb, vb, 3 * D, S, Dh, mask + b * S, L.attn.p,
+            attend_one(qkv + (b * S + i) * 3 * D + hd * Dh, kb, vb, 3 * D, S, Dh, mask + b * S, L.attn.p,
                        M.attn_scale, scores.data(), ctx.data() + (b * S + i) * D + hd * Dh);
           }
         }
       }
     });
-    linear(L.attn.o, ctx.data(), m, f.data(), D);
-    residual(x, f.data(), m, D, M.enc_pre, L.attn_norm, M.eps);
+    residual(x, linear_into(L.attn.o, ctx.data(), m, f_buffer.data(), hold_f), m, D, M.enc_pre, L.attn_norm, M.eps);
     in = x;
     if (M.enc_pre) {
       layer_norm(L.ffn_norm, x, h.data(), m, D, M.eps);
       in = h.data();
     }
-    feed_forward(M, L.fc1, L.fc2, in, m, hidden.data(), f.data());
-    residual(x, f.data(), m, D, M.enc_pre, L.ffn_norm, M.eps);
+    const float* f = feed_forward(M, L.fc1, L.fc2, in, m, hidden.data(), f_buffer.data(), hold_hidden, hold_f);
+    residual(x, f, m, D, M.enc_pre, L.ffn_norm, M.eps);
   }
   if (M.enc_final.g) layer_norm(M.enc_final, x, x, m, D, M.eps);
 }
@@ -409,6 +411,7 @@ struct CrossCache {
 // Per-call scratch buffers, sized for `rows` rows.
 struct Workspace {
   std::vector<float> x, h, q, ctx, f, hidden, scores;  // q: room for stacked q, k, v
+  at::Tensor hold_q, hold_f, hold_hidden;               // oneDNN results in use (see linear_into)
   void reserve(const Model& M, int64_t rows, int64_t keys) {
     const size_t n = static_cast<size_t>(rows * M.D);
     x.resize(n); h.resize(n); q.resize(3 * n); ctx.resize(n); f.resize(n);
@@ -423,7 +426,7 @@ void decoder_step(const Model& M, int64_t rows, const int64_t* tokens, const int
                   const CrossCache& cross, Workspace& ws, float* logits) {
   const int64_t D = M.D, H = M.H, Dh = M.Dh, n_self = self.slot + 1;
   ws.reserve(M, rows, std::max(n_self, cross.S));
-  float *x = ws.x.data(), *h = ws.h.data(), *q = ws.q.data(), *ctx = ws.ctx.data(), *f = ws.f.data();
+  float *x = ws.x.data(), *h = ws.h.data(), *ctx = ws.ctx.data();
   embed(M, M.tgt_emb, M.tgt_pos, M.tgt_emb_norm, tokens, positions, M.tgt_vocab, rows, x);
   const int64_t row_stride = self.cap * D;
   for (size_t l = 0; l < M.dec.size(); ++l) {
@@ -434,7 +437,7 @@ void decoder_step(const Model& M, int64_t rows, const int64_t* tokens, const int
       layer_norm(L.self_norm, x, h, rows, D, M.eps);
       in = h;
     }
-    linear(L.self_attn.qkv, in, rows, q, 3 * D);
+    const float* q = linear_into(L.self_attn.qkv, in, rows, ws.q.data(), ws.hold_q);
     float* kc = self.k[l];
     float* vc = self.v[l];
     for (int64_t r = 0; r < rows; ++r) {  // the new keys/values join the cache
@@ -451,15 +454,14 @@ void decoder_step(const Model& M, int64_t rows, const int64_t* tokens, const int
         }
       }
     });
-    linear(L.self_attn.o, ctx, rows, f, D);
-    residual(x, f, rows, D, M.dec_pre, L.self_norm, M.eps);
+    residual(x, linear_into(L.self_attn.o, ctx, rows, ws.f.data(), ws.hold_f), rows, D, M.dec_pre, L.self_norm, M.eps);
     // cross-attention over the source
     in = x;
     if (M.dec_pre) {
       layer_norm(L.cross_norm, x, h, rows, D, M.eps);
       in = h;
     }
-    linear(L.cross_attn.q, in, rows, q, D);
+    q = linear_into(L.cross_attn.q, in, rows, ws.q.data(), ws.hold_q);
     with_attention(L.cross_attn.p, true, [&](auto attend_one) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t src = cross.row_source ? cross.row_source[r] : r;
@@ -471,19 +473,18 @@ void decoder_step(const Model& M, int64_t rows, const int64_t* tokens, const int
         }
       }
     });
-    linear(L.cross_attn.o, ctx, rows, f, D);
-    residual(x, f, rows, D, M.dec_pre, L.cross_norm, M.eps);
+    residual(x, linear_into(L.cross_attn.o, ctx, rows, ws.f.data(), ws.hold_f), rows, D, M.dec_pre, L.cross_norm, M.eps);
     // feed-forward
     in = x;
     if (M.dec_pre) {
       layer_norm(L.ffn_norm, x, h, rows, D, M.eps);
       in = h;
     }
-    feed_forward(M, L.fc1, L.fc2, in, rows, ws.hidden.data(), f);
+    const float* f = feed_forward(M, L.fc1, L.fc2, in, rows, ws.hidden.data(), ws.f.data(), ws.hold_hidden, ws.hold_f);
     residual(x, f, rows, D, M.dec_pre, L.ffn_norm, M.eps);
   }
   if (M.dec_final.g) layer_norm(M.dec_final, x, x, rows, D, M.eps);
-  linear(M.out, x, rows, logits, M.tgt_vocab);
+  linear(M.out, x, rows, logits);
   if (M.head_modulated) {
     const int64_t n = rows * M.tgt_vocab;
     dispatch_order(M.head.order, [&](auto order) {
@@ -584,7 +585,7 @@ struct CrossKV {
   CrossKV(const Model& M, const float* memory, int64_t B, int64_t S) {
     width = M.cross_kv.out;
     kv.resize(static_cast<size_t>(B * S * width));
-    linear(M.cross_kv, memory, B * S, kv.data(), width);
+    linear(M.cross_kv, memory, B * S, kv.data());
   }
   CrossCache view(const Model& M, int64_t S, const uint8_t* mask, const int64_t* row_source) const {
     CrossCache c;
@@ -924,7 +925,7 @@ std::vector<at::Tensor> translator_cross_kv(int64_t handle, const at::Tensor& me
   for (const DecoderLayer& L : M.dec) {
     for (const Linear* lin : {&L.cross_attn.k, &L.cross_attn.v}) {
       at::Tensor t = at::empty({B, S, M.D}, memory.options());
-      linear(*lin, memory.const_data_ptr<float>(), B * S, t.mutable_data_ptr<float>(), M.D);
+      linear(*lin, memory.const_data_ptr<float>(), B * S, t.mutable_data_ptr<float>());
       out.push_back(t.view({B, S, M.H, M.Dh}).permute({0, 2, 1, 3}));
     }
   }
