@@ -4,11 +4,12 @@
 // Why: on onnxruntime or eager torch a decoder step is ~290 graph nodes (MultiMax chains, masks,
 // biases, KV concats) run one by one, and the search loop is Python + torch ops; at the bundled model's
 // size that overhead, not arithmetic, is the cost (issue 14: 0.48x CTranslate2 greedy, 0.26x beam 4).
-// Here a step is 7 sgemm calls per layer plus fused loops (single-query attention with the MultiMax row
-// kernel, LayerNorm, residuals), the caches live in preallocated [rows, max_length, D] buffers that
-// grow in place, beams of one sentence share its cross-attention keys (no expansion), and the search
-// runs on plain arrays. Parallelism is across calls (decode workers, CTranslate2's inter_threads), so
-// a call never spawns threads of its own; sgemm follows torch's thread setting.
+// Here a step is 6 GEMMs per layer (q/k/v stacked into one) plus plain loops (single-query attention
+// through the MultiMax row kernel, LayerNorm, residuals), the caches live in preallocated
+// [rows, max_length, D] buffers that grow in place, beams of one sentence share its cross-attention
+// keys (no expansion), and the search runs on plain arrays. Parallelism is across calls (decode
+// workers, CTranslate2's inter_threads): the GEMMs use torch's thread count, which the thread policy
+// sets to one per worker.
 //
 // The model is handed over once (`translator_create`: weights in a fixed order, see
 // mmserve/models/native.py, which owns the packing) and referred to by an integer handle. Besides the
@@ -25,10 +26,9 @@
 #include <ATen/ops/full.h>
 
 #include <cstdlib>
-#include <string>
-
 #include <map>
 #include <memory>
+#include <string>
 
 namespace mmserve_cpu {
 namespace {
@@ -38,6 +38,7 @@ struct Linear {
   const float* b = nullptr;  // [out] or nullptr
   int out = 0, in = 0;
   at::Tensor weight, bias;   // the same memory, for the oneDNN path (bias undefined when none)
+  at::Tensor packed;         // the weight in oneDNN's blocked layout (undefined: use `weight`)
 };
 
 struct Norm {
@@ -167,20 +168,22 @@ struct Cursor {
 };
 
 // ------------------------------------------------------------------------------ building blocks
-// Which GEMM a Linear runs on. MKL's sgemm (what ATen's own BLAS calls) reached ~85-90 GFLOP/s on
-// this project's AMD EPYC machine at every size tried; oneDNN's inner product (torch's
-// mkldnn::_linear_pointwise op) ~160-190 at 128+ rows and about the same as sgemm at 32 rows x 128
-// inputs, where its per-call cost shows. So oneDNN from kOneDnnWork = rows x inputs (the encoder, beam
-// search, wide models), sgemm below. MMSERVE_NATIVE_GEMM=sgemm|onednn forces one (for measuring);
-// the op's absence means sgemm.
-constexpr int64_t kOneDnnWork = 64 * 128;
+// Which GEMM a Linear runs on. MKL's sgemm (what ATen's own BLAS calls) reached 80-94 GFLOP/s on this
+// project's AMD EPYC machine at every size tried; oneDNN's inner product (torch's
+// mkldnn::_linear_pointwise op) with the weight reordered once into its blocked layout
+// (mkldnn::_reorder_linear_weight) 104-120 at 32 rows and 160-205 at 128-300, but 54 against 78-83 for
+// the smallest product (32 x 128 x 128), where its per-call cost shows. So oneDNN from kOneDnnWork
+// multiply-adds (rows x inputs x outputs) up, sgemm below. MMSERVE_NATIVE_GEMM=sgemm|onednn forces one
+// (for measuring); without the ops (a torch built without oneDNN) everything runs on sgemm.
+constexpr int64_t kOneDnnWork = int64_t{1} << 20;
+constexpr int64_t kPackRows = 128;  // the batch size the blocked layout is chosen for (any works)
 
 using LinearPointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                     std::string_view, c10::List<std::optional<at::Scalar>>,
                                     std::optional<std::string_view>);
 
 struct GemmChoice {
-  c10::optional<c10::OperatorHandle> onednn;
+  c10::optional<c10::OperatorHandle> onednn, reorder;
   c10::optional<c10::TypedOperatorHandle<LinearPointwise>> typed;  // unboxed call when the signature matches
   int64_t min_work = kOneDnnWork;
   GemmChoice() {
@@ -189,6 +192,7 @@ struct GemmChoice {
     if (mode == "sgemm") return;
     onednn = c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_linear_pointwise", ""));
     if (!onednn) return;
+    reorder = c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_reorder_linear_weight", ""));
     try {
       typed = onednn->typed<LinearPointwise>();
     } catch (const c10::Error&) {  // another torch's C++ signature: the boxed call still works
@@ -196,10 +200,23 @@ struct GemmChoice {
     if (mode == "onednn") min_work = 0;
   }
 
+  // The weight in oneDNN's blocked layout, or an undefined tensor when it cannot be made.
+  at::Tensor pack(const at::Tensor& weight) const {
+    if (!reorder) return {};
+    try {
+      torch::jit::Stack stack{weight, c10::IValue(kPackRows)};
+      reorder->callBoxed(&stack);
+      return stack[0].toTensor();
+    } catch (const c10::Error&) {
+      return {};
+    }
+  }
+
   at::Tensor run(const at::Tensor& input, const Linear& l) const {
     const std::optional<at::Tensor> bias = l.bias.defined() ? std::optional<at::Tensor>(l.bias) : std::nullopt;
-    if (typed) return typed->call(input, l.weight, bias, "none", c10::List<std::optional<at::Scalar>>(), std::string_view(""));
-    torch::jit::Stack stack{input, l.weight, bias ? c10::IValue(*bias) : c10::IValue(), c10::IValue(std::string("none")),
+    const at::Tensor& weight = l.packed.defined() ? l.packed : l.weight;
+    if (typed) return typed->call(input, weight, bias, "none", c10::List<std::optional<at::Scalar>>(), std::string_view(""));
+    torch::jit::Stack stack{input, weight, bias ? c10::IValue(*bias) : c10::IValue(), c10::IValue(std::string("none")),
                             c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue(std::string(""))};
     onednn->callBoxed(&stack);
     return stack[0].toTensor();
@@ -229,7 +246,7 @@ const GemmChoice& gemm_choice() {
 float* linear_into(const Linear& l, const float* x, int64_t m, float* buffer, at::Tensor& holder) {
   if (m == 0) return buffer;
   const GemmChoice& gemm = gemm_choice();
-  if (gemm.onednn && m * l.in >= gemm.min_work) {
+  if (gemm.onednn && m * l.in * l.out >= gemm.min_work) {
     const at::Tensor input = at::from_blob(const_cast<float*>(x), {m, l.in}, at::TensorOptions().dtype(at::kFloat));
     holder = gemm.run(input, l);
     return holder.mutable_data_ptr<float>();
@@ -892,6 +909,16 @@ int64_t translator_create(at::TensorList weights, std::vector<int64_t> ints, std
   M.head = c.params("output ranges/ts");
   TORCH_CHECK(c.i == weights.size(), "mmserve_cpu: ", weights.size() - c.i, " weights left over");
   M.cross_kv = stack(M, cross_parts);
+  const GemmChoice& gemm = gemm_choice();
+  auto pack = [&](Linear& l) { l.packed = gemm.pack(l.weight); };
+  for (EncoderLayer& L : M.enc) {
+    for (Linear* l : {&L.attn.qkv, &L.attn.o, &L.fc1, &L.fc2}) pack(*l);
+  }
+  for (DecoderLayer& L : M.dec) {
+    for (Linear* l : {&L.self_attn.qkv, &L.self_attn.o, &L.cross_attn.q, &L.cross_attn.o, &L.fc1, &L.fc2}) pack(*l);
+  }
+  pack(M.out);
+  pack(M.cross_kv);
   std::lock_guard<std::mutex> guard(g_models_lock);
   const int64_t handle = g_next_handle++;
   g_models[handle] = model;
