@@ -168,13 +168,14 @@ struct Cursor {
 };
 
 // ------------------------------------------------------------------------------ building blocks
-// Which GEMM a Linear runs on. MKL's sgemm (what ATen's own BLAS calls) reached 80-94 GFLOP/s on this
-// project's AMD EPYC machine at every size tried; oneDNN's inner product (torch's
-// mkldnn::_linear_pointwise op) with the weight reordered once into its blocked layout
-// (mkldnn::_reorder_linear_weight) 104-120 at 32 rows and 160-205 at 128-300, but 54 against 78-83 for
-// the smallest product (32 x 128 x 128), where its per-call cost shows. So oneDNN from kOneDnnWork
-// multiply-adds (rows x inputs x outputs) up, sgemm below. MMSERVE_NATIVE_GEMM=sgemm|onednn forces one
-// (for measuring); without the ops (a torch built without oneDNN) everything runs on sgemm.
+// Which GEMM a Linear runs on (numbers: `python benchmarks/bench_gemm.py` on this project's 2-core AMD
+// EPYC machine, 1 thread). MKL's sgemm, what ATen's own BLAS calls, ran at 88-99 GFLOP/s at every size
+// tried; oneDNN's inner product (torch's mkldnn::_linear_pointwise op) with the weight reordered once
+// into its blocked layout (mkldnn::_reorder_linear_weight) at 121-145 for 32 rows and 149-214 for
+// 128-300, but at 63 for the smallest product (32 x 128 x 128), where its per-call cost shows. So
+// oneDNN from kOneDnnWork multiply-adds (rows x inputs x outputs) up, sgemm below.
+// MMSERVE_NATIVE_GEMM=sgemm|onednn forces one (for measuring); without the ops (a torch built without
+// oneDNN) everything runs on sgemm.
 constexpr int64_t kOneDnnWork = int64_t{1} << 20;
 constexpr int64_t kPackRows = 128;  // the batch size the blocked layout is chosen for (any works)
 
