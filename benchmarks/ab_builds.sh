@@ -2,7 +2,8 @@
 # Paired A/B of the native translator between two git revisions, on this machine's noise:
 #     bash benchmarks/ab_builds.sh REV_A REV_B [BEAM=4] [PAIRS=5]
 # Each revision is checked out in a scratch worktree (its C++ kernels build into the shared, hash-keyed
-# cache), then benchmarks/profile_native_translate.py runs alternately from A and B, PAIRS times, and
+# cache), then this checkout's benchmarks/profile_native_translate.py runs alternately on A's and B's
+# package, PAIRS times, and
 # the sentences/s of each run are printed side by side. Compare pair by pair: a shared 2-core machine
 # drifts by more than most single changes.
 set -euo pipefail
@@ -13,6 +14,9 @@ work=$(mktemp -d)
 trap 'git -C "$repo" worktree remove --force "$work/a" >/dev/null 2>&1 || true; git -C "$repo" worktree remove --force "$work/b" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 git -C "$repo" worktree add --detach -q "$work/a" "$a"
 git -C "$repo" worktree add --detach -q "$work/b" "$b"
+# both run this checkout's timing script (older revisions may predate it) on their own package
+cp "$repo/benchmarks/profile_native_translate.py" "$work/a/benchmarks/"
+cp "$repo/benchmarks/profile_native_translate.py" "$work/b/benchmarks/"
 run() {
   (cd "$1" && PYTHONPATH="$1" "$python" benchmarks/profile_native_translate.py --beam "$beam" --passes 2 \
      | tail -1 | awk '{print $3}')
