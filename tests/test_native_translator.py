@@ -245,7 +245,6 @@ def test_server_on_the_native_backend(tiny_translator) -> None:
     from num2words import num2words
 
     from mmserve.checkpoints import load_model_dir
-    from mmserve.models.decoding import translate
     from mmserve.tasks.translation import load_tokenizer
 
     model = load_model_dir(tiny_translator).model.eval()
