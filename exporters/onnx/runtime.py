@@ -100,7 +100,7 @@ def thread_policy(backend: str, threads: int, workers: Optional[int] = None) -> 
         workers = 1 if backend == "torch" else max(1, threads)
     per_worker = max(1, threads // workers) if threads else 0
     if backend in ("torch", "native"):
-        # The native translator's sgemm calls take torch's (MKL's) thread count: one per worker.
+        # The native translator's GEMMs (oneDNN, MKL) take torch's thread count: one per worker.
         return ThreadPolicy(intra_op_threads=per_worker, torch_threads=per_worker, allow_spinning=False, workers=workers)
     return ThreadPolicy(intra_op_threads=per_worker, torch_threads=1, allow_spinning=per_worker == 1, workers=workers)
 

@@ -11,13 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
-from mmserve.checkpoints import WEIGHTS_NAME, CheckpointError, load_model_dir
 from mmserve.errors import UserError
 
 from .base import Backend, LoadOptions
-from .torch_backend import TorchTranslator
+from .torch_backend import TorchTranslator, load_checkpoint
 
 __all__ = ["load", "NativeTranslatorBackend"]
 
@@ -52,12 +49,4 @@ def load(path: Path, task: str, options: LoadOptions) -> Backend:
         return load_onnxruntime(path, task, options)
     if options.device != "cpu":
         raise UserError(f"the native backend runs on the CPU, not {options.device!r}")
-    if not (path / WEIGHTS_NAME).is_file():
-        raise CheckpointError(path, f"the native backend needs a model directory with {WEIGHTS_NAME} "
-                                    "(is this an ONNX export? use --backend onnxruntime)")
-    if options.intra_op_threads:
-        torch.set_num_threads(options.intra_op_threads)
-    loaded = load_model_dir(path, "cpu")
-    if loaded.config.task != task:
-        raise CheckpointError(path, f"is a {loaded.config.task!r} model, expected {task!r}")
-    return NativeTranslatorBackend(loaded, "cpu")
+    return NativeTranslatorBackend(load_checkpoint(path, task, options, backend="native"), "cpu")

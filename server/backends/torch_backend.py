@@ -13,7 +13,7 @@ from mmserve.checkpoints.model_dir import LoadedModel
 
 from .base import BackendInfo, ClassifierBackend, ClassifierOutput, LoadOptions, TranslatorBackend
 
-__all__ = ["load", "TorchClassifier", "TorchTranslator"]
+__all__ = ["load", "load_checkpoint", "TorchClassifier", "TorchTranslator"]
 
 
 def _info(loaded: LoadedModel, device: str) -> BackendInfo:
@@ -73,16 +73,23 @@ class TorchTranslator(_TorchModel, TranslatorBackend):
         self.stepper = self.model  # MultiMaxTranslator implements the Seq2SeqStepper protocol itself
 
 
-def load(path: Path, task: str, options: LoadOptions) -> ClassifierBackend | TranslatorBackend:
-    """Load a model directory; refuse an ONNX export dir with a message saying what to pass instead."""
+def load_checkpoint(path: Path, task: str, options: LoadOptions, backend: str = "torch") -> LoadedModel:
+    """The model directory for a backend that runs the torch model's weights (torch, native): refuses
+    an ONNX export dir with a message saying what to pass instead, and a model of another task."""
     if not (path / WEIGHTS_NAME).is_file():
-        raise CheckpointError(path, f"the torch backend needs a model directory with {WEIGHTS_NAME} "
+        raise CheckpointError(path, f"the {backend} backend needs a model directory with {WEIGHTS_NAME} "
                                     "(is this an ONNX export? use --backend onnxruntime)")
     if options.intra_op_threads:
         torch.set_num_threads(options.intra_op_threads)
     loaded = load_model_dir(path, options.device)
     if loaded.config.task != task:
         raise CheckpointError(path, f"is a {loaded.config.task!r} model, expected {task!r}")
+    return loaded
+
+
+def load(path: Path, task: str, options: LoadOptions) -> ClassifierBackend | TranslatorBackend:
+    """Load a model directory onto eager torch."""
+    loaded = load_checkpoint(path, task, options)
     if task == "image-classification":
         return TorchClassifier(loaded, options.device)
     return TorchTranslator(loaded, options.device)

@@ -156,6 +156,13 @@ struct Cursor {
     const at::Tensor& t = next(what);
     return read_params<float>(r, t);
   }
+  // fc1 [hidden, D] and fc2 [D, hidden], hidden read from fc1's bias; returns hidden.
+  int64_t feed_forward(const char* what, int64_t D, Linear& fc1, Linear& fc2) {
+    const int64_t hidden = list.at(i + 1).numel();
+    fc1 = linear(what, hidden, D);
+    fc2 = linear(what, D, hidden);
+    return hidden;
+  }
   AttentionWeights attention(const char* what, int64_t D) {
     AttentionWeights a;
     a.q = linear(what, D, D);
@@ -880,10 +887,7 @@ int64_t translator_create(at::TensorList weights, std::vector<int64_t> ints, std
     L.attn_norm = c.norm("encoder attn_norm", D);
     L.attn = c.attention("encoder self_attn", D);
     L.ffn_norm = c.norm("encoder ffn_norm", D);
-    const int64_t hidden = c.list.at(c.i + 1).numel();
-    L.fc1 = c.linear("encoder fc1", hidden, D);
-    L.fc2 = c.linear("encoder fc2", D, hidden);
-    M.ffn_max = std::max(M.ffn_max, hidden);
+    M.ffn_max = std::max(M.ffn_max, c.feed_forward("encoder fc1/fc2", D, L.fc1, L.fc2));
     M.enc.push_back(L);
   }
   for (int64_t i = 0; i < dec_layers; ++i) {
@@ -893,10 +897,7 @@ int64_t translator_create(at::TensorList weights, std::vector<int64_t> ints, std
     L.cross_norm = c.norm("decoder cross_attn_norm", D);
     L.cross_attn = c.attention("decoder cross_attn", D);
     L.ffn_norm = c.norm("decoder ffn_norm", D);
-    const int64_t hidden = c.list.at(c.i + 1).numel();
-    L.fc1 = c.linear("decoder fc1", hidden, D);
-    L.fc2 = c.linear("decoder fc2", D, hidden);
-    M.ffn_max = std::max(M.ffn_max, hidden);
+    M.ffn_max = std::max(M.ffn_max, c.feed_forward("decoder fc1/fc2", D, L.fc1, L.fc2));
     M.dec.push_back(L);
   }
   for (EncoderLayer& L : M.enc) L.attn.qkv = stack(M, {&L.attn.q, &L.attn.k, &L.attn.v});
