@@ -159,6 +159,38 @@ def test_native_search_matches_the_torch_model(pair, beam: int) -> None:
     assert [row[0].score for row in got] == pytest.approx([row[0].score for row in want], abs=1e-4)
 
 
+ENGINES = {"sgemm": "sgemm", "packed": "mkl-packed", "onednn": "onednn"}
+ENGINE_AVAILABLE = {"sgemm": True, "packed": torch.backends.mkl.is_available(),
+                    "onednn": torch.backends.mkldnn.is_available()}
+
+
+@pytest.mark.parametrize("mode", ["auto", *ENGINES])
+def test_every_gemm_engine_gives_the_torch_models_search(mode: str, monkeypatch) -> None:
+    """Each GEMM engine the native translator can pick (MMSERVE_NATIVE_GEMM forces one; `auto` measures
+    them per weight shape) decodes like the torch model, greedy and beam; a forced engine is the one
+    reported for every shape where this torch has it."""
+    monkeypatch.setenv("MMSERVE_NATIVE_GEMM", mode)
+    model = make_model("pre-norm multimax")
+    native = NativeTranslator(model)
+    engines = native.gemm_engines()
+    shapes = dict(part.split(": ") for part in engines.split(", "))
+    assert len(shapes) >= 5, engines  # qkv, o, fc1, fc2, output, cross k/v (o and q share a shape)
+    if mode != "auto" and ENGINE_AVAILABLE[mode]:
+        assert set(shapes.values()) == {f"{ENGINES[mode]}/{ENGINES[mode]}"}, engines
+    ids, mask = sources(model, batch=12, seed=5)
+    for beam in (1, 3):
+        got = _decode(native, ids, mask, beam, SearchRules())
+        want = _decode(model, ids, mask, beam, SearchRules())
+        assert [row[0].tokens for row in got] == [row[0].tokens for row in want]
+        assert [row[0].score for row in got] == pytest.approx([row[0].score for row in want], abs=1e-4)
+
+
+def test_an_unknown_gemm_engine_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("MMSERVE_NATIVE_GEMM", "cublas")
+    with pytest.raises(RuntimeError, match="MMSERVE_NATIVE_GEMM must be auto, sgemm, packed or onednn"):
+        NativeTranslator(make_model("pre-norm multimax"))
+
+
 def test_bundled_translator_equals_onnxruntime_on_the_test_split(numbers_export) -> None:
     """The bundled numbers-en-de translator, its first 600 test sources, greedy and beam 4: the native
     translator returns the onnxruntime backend's tokens (what the server and `mmserve translate` ran

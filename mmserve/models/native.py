@@ -128,6 +128,11 @@ class NativeTranslator:
         self._handle = int(self._ops.translator_create(weights, ints, floats))
         self._release = weakref.finalize(self, self._ops.translator_release, self._handle)
 
+    def gemm_engines(self) -> str:
+        """Which GEMM engine each weight shape runs on (small / large row counts), as measured when the
+        translator was created: e.g. "384x128: mkl-packed/sgemm, ...". For benchmarks and logs."""
+        return str(self._ops.translator_gemm_engines(self._handle))
+
     def close(self) -> None:
         """Free the C++ side now (it is also freed when the translator is garbage-collected)."""
         self._release()

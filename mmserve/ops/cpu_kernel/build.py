@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 SOURCES = [_HERE / "multimax_cpu.cpp", _HERE / "attention_cpu.cpp", _HERE / "translator_cpu.cpp"]
-HEADERS = [_HERE / "multimax_row.h"]
+HEADERS = [_HERE / "multimax_row.h", _HERE / "native_linear.h"]
 SOURCE = SOURCES[0]
 _NAMESPACE = "mmserve_cpu"
 _lock = threading.Lock()

@@ -19,6 +19,7 @@
 // Python tests compare both token for token.
 
 #include "multimax_row.h"
+#include "native_linear.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
@@ -33,13 +34,10 @@
 namespace mmserve_cpu {
 namespace {
 
-struct Linear {
-  const float* w = nullptr;  // [out, in], row-major (torch's nn.Linear layout)
-  const float* b = nullptr;  // [out] or nullptr
-  int out = 0, in = 0;
-  at::Tensor weight, bias;   // the same memory, for the oneDNN path (bias undefined when none)
-  at::Tensor packed;         // the weight in oneDNN's blocked layout (undefined: use `weight`)
-};
+using native::Linear;
+using native::linear;
+using native::linear_into;
+using native::use_torch_threads;
 
 struct Norm {
   const float* g = nullptr;  // nullptr: no norm here
@@ -103,6 +101,22 @@ Linear stack(Model& M, const std::vector<const Linear*>& parts) {
   out.out = static_cast<int>(rows);
   out.in = in;
   return out;
+}
+
+// Every Linear the translator multiplies by (the stacked ones, not their parts).
+template <typename ModelT>  // Model or const Model
+auto linears(ModelT& M) {
+  std::vector<std::conditional_t<std::is_const_v<ModelT>, const Linear*, Linear*>> all;
+  for (auto& L : M.enc) {
+    for (auto* l : {&L.attn.qkv, &L.attn.o, &L.fc1, &L.fc2}) all.push_back(l);
+  }
+  for (auto& L : M.dec) {
+    for (auto* l : {&L.self_attn.qkv, &L.self_attn.o, &L.cross_attn.q, &L.cross_attn.o, &L.fc1, &L.fc2})
+      all.push_back(l);
+  }
+  all.push_back(&M.out);
+  all.push_back(&M.cross_kv);
+  return all;
 }
 
 // ------------------------------------------------------------------------------ handle registry
@@ -175,104 +189,7 @@ struct Cursor {
 };
 
 // ------------------------------------------------------------------------------ building blocks
-// Which GEMM a Linear runs on (numbers: `python benchmarks/bench_gemm.py` on this project's 2-core AMD
-// EPYC machine, 1 thread). MKL's sgemm, what ATen's own BLAS calls, ran at 88-99 GFLOP/s at every size
-// tried; oneDNN's inner product (torch's mkldnn::_linear_pointwise op) with the weight reordered once
-// into its blocked layout (mkldnn::_reorder_linear_weight) at 121-145 for 32 rows and 149-214 for
-// 128-300, but at 63 for the smallest product (32 x 128 x 128), where its per-call cost shows. So
-// oneDNN from kOneDnnWork multiply-adds (rows x inputs x outputs) up, sgemm below.
-// MMSERVE_NATIVE_GEMM=sgemm|onednn forces one (for measuring); without the ops (a torch built without
-// oneDNN) everything runs on sgemm.
-constexpr int64_t kOneDnnWork = int64_t{1} << 20;
-constexpr int64_t kPackRows = 128;  // the batch size the blocked layout is chosen for (any works)
-
-using LinearPointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                    std::string_view, c10::List<std::optional<at::Scalar>>,
-                                    std::optional<std::string_view>);
-
-struct GemmChoice {
-  c10::optional<c10::OperatorHandle> onednn, reorder;
-  c10::optional<c10::TypedOperatorHandle<LinearPointwise>> typed;  // unboxed call when the signature matches
-  int64_t min_work = kOneDnnWork;
-  GemmChoice() {
-    const char* env = std::getenv("MMSERVE_NATIVE_GEMM");
-    const std::string mode = env ? env : "auto";
-    if (mode == "sgemm") return;
-    onednn = c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_linear_pointwise", ""));
-    if (!onednn) return;
-    reorder = c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_reorder_linear_weight", ""));
-    try {
-      typed = onednn->typed<LinearPointwise>();
-    } catch (const c10::Error&) {  // another torch's C++ signature: the boxed call still works
-    }
-    if (mode == "onednn") min_work = 0;
-  }
-
-  // The weight in oneDNN's blocked layout, or an undefined tensor when it cannot be made.
-  at::Tensor pack(const at::Tensor& weight) const {
-    if (!reorder) return {};
-    try {
-      torch::jit::Stack stack{weight, c10::IValue(kPackRows)};
-      reorder->callBoxed(&stack);
-      return stack[0].toTensor();
-    } catch (const c10::Error&) {
-      return {};
-    }
-  }
-
-  at::Tensor run(const at::Tensor& input, const Linear& l) const {
-    const std::optional<at::Tensor> bias = l.bias.defined() ? std::optional<at::Tensor>(l.bias) : std::nullopt;
-    const at::Tensor& weight = l.packed.defined() ? l.packed : l.weight;
-    if (typed) return typed->call(input, weight, bias, "none", c10::List<std::optional<at::Scalar>>(), std::string_view(""));
-    torch::jit::Stack stack{input, weight, bias ? c10::IValue(*bias) : c10::IValue(), c10::IValue(std::string("none")),
-                            c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue(std::string(""))};
-    onednn->callBoxed(&stack);
-    return stack[0].toTensor();
-  }
-};
-
-// Threads a call may use: torch's setting (torch.set_num_threads, the thread policy). OpenMP's and
-// MKL's thread counts are per calling thread and a decode worker is a fresh thread, so without this its
-// oneDNN / sgemm calls would start teams of every core and two workers would oversubscribe the CPU.
-// ATen does the same lazily for its own parallel ops.
-void use_torch_threads() {
-  thread_local int applied = 0;
-  const int wanted = at::get_num_threads();
-  if (applied != wanted) {
-    at::init_num_threads();
-    applied = wanted;
-  }
-}
-
-const GemmChoice& gemm_choice() {
-  static const GemmChoice choice;
-  return choice;
-}
-
-// x[m, in] W^T + b, contiguous [m, out]: written into `buffer` (sgemm), or left in the oneDNN op's
-// result, kept alive by `holder` (no copy); returns where it is. The result may be modified in place.
-float* linear_into(const Linear& l, const float* x, int64_t m, float* buffer, at::Tensor& holder) {
-  if (m == 0) return buffer;
-  const GemmChoice& gemm = gemm_choice();
-  if (gemm.onednn && m * l.in * l.out >= gemm.min_work) {
-    const at::Tensor input = at::from_blob(const_cast<float*>(x), {m, l.in}, at::TensorOptions().dtype(at::kFloat));
-    holder = gemm.run(input, l);
-    return holder.mutable_data_ptr<float>();
-  }
-  if (l.b) {
-    for (int64_t r = 0; r < m; ++r) std::memcpy(buffer + r * l.out, l.b, sizeof(float) * l.out);
-  }
-  gemm_rowmajor(static_cast<int>(m), l.out, l.in, 1.0f, x, l.in, l.w, l.in, /*b_transposed=*/true, buffer, l.out,
-                l.b ? 1.0f : 0.0f);
-  return buffer;
-}
-
-// The same into y (row stride l.out), for results that must land in a given buffer.
-void linear(const Linear& l, const float* x, int64_t m, float* y) {
-  at::Tensor holder;
-  const float* r = linear_into(l, x, m, y, holder);
-  if (r != y) std::memcpy(y, r, sizeof(float) * m * l.out);
-}
+// The GEMM engines (MKL sgemm, MKL packed, oneDNN) and their per-shape choice: native_linear.h.
 
 // LayerNorm of m rows of D (biased variance, as torch), x -> y (may alias).
 void layer_norm(const Norm& n, const float* x, float* y, int64_t m, int64_t D, float eps) {
@@ -911,16 +828,7 @@ int64_t translator_create(at::TensorList weights, std::vector<int64_t> ints, std
   M.head = c.params("output ranges/ts");
   TORCH_CHECK(c.i == weights.size(), "mmserve_cpu: ", weights.size() - c.i, " weights left over");
   M.cross_kv = stack(M, cross_parts);
-  const GemmChoice& gemm = gemm_choice();
-  auto pack = [&](Linear& l) { l.packed = gemm.pack(l.weight); };
-  for (EncoderLayer& L : M.enc) {
-    for (Linear* l : {&L.attn.qkv, &L.attn.o, &L.fc1, &L.fc2}) pack(*l);
-  }
-  for (DecoderLayer& L : M.dec) {
-    for (Linear* l : {&L.self_attn.qkv, &L.self_attn.o, &L.cross_attn.q, &L.cross_attn.o, &L.fc1, &L.fc2}) pack(*l);
-  }
-  pack(M.out);
-  pack(M.cross_kv);
+  native::choose_engines(linears(M));
   std::lock_guard<std::mutex> guard(g_models_lock);
   const int64_t handle = g_next_handle++;
   g_models[handle] = model;
@@ -930,6 +838,12 @@ int64_t translator_create(at::TensorList weights, std::vector<int64_t> ints, std
 void translator_release(int64_t handle) {
   std::lock_guard<std::mutex> guard(g_models_lock);
   g_models.erase(handle);
+}
+
+// Which GEMM engine each weight shape runs on, small / large row counts (native_linear.h).
+std::string translator_gemm_engines(int64_t handle) {
+  const auto model = get_model(handle);
+  return native::describe_engines(linears(*model));
 }
 
 at::Tensor translator_encode(int64_t handle, const at::Tensor& src_ids, const at::Tensor& src_pad_mask) {
@@ -1087,6 +1001,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> translator_search(
 TORCH_LIBRARY_FRAGMENT(mmserve_cpu, m) {
   m.def("translator_create(Tensor[] weights, int[] ints, float[] floats) -> int", &mmserve_cpu::translator_create);
   m.def("translator_release(int handle) -> ()", &mmserve_cpu::translator_release);
+  m.def("translator_gemm_engines(int handle) -> str", &mmserve_cpu::translator_gemm_engines);
   m.def("translator_encode(int handle, Tensor src_ids, Tensor src_pad_mask) -> Tensor",
         &mmserve_cpu::translator_encode);
   m.def("translator_cross_kv(int handle, Tensor memory) -> Tensor[]", &mmserve_cpu::translator_cross_kv);
