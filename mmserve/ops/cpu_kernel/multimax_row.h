@@ -237,6 +237,17 @@ template <int ORDER, MaskKind MK>
 inline void forward_row_f32(const float* x, float* out, int64_t L,
                             const Params<float>& p, const uint8_t* __restrict__ mbool,
                             const float* __restrict__ madd) {
+  if (L <= W) {  // one vector (decoder attention over a few keys): the same steps, all in one register
+    const vf z = keep_lanes(apply_mask<MK>(vseglu_shifted<ORDER>(vload_tail(x, L, 0.0f), p), 0, L, mbool, madd), L, -kInf);
+    const float m = hmax(z);
+    if (m == -kInf) {
+      std::memset(out, 0, sizeof(float) * L);
+      return;
+    }
+    const vf e = vexp_nonpos(z - m);  // lanes past L: exp(-inf) = 0
+    vstore_tail(out, e * (1.0f / hsum(e)), L);
+    return;
+  }
   const int64_t full = L - L % W, rest = L - full;
   vf mv = splat(-kInf);
   for (int64_t j = 0; j < full; j += W) {

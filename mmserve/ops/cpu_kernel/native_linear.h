@@ -105,8 +105,9 @@ struct OneDnnOps {
     }
   }
 
-  at::Tensor run(const at::Tensor& input, const Linear& l) const {
-    const std::optional<at::Tensor> bias = l.bias.defined() ? std::optional<at::Tensor>(l.bias) : std::nullopt;
+  at::Tensor run(const at::Tensor& input, const Linear& l, bool add_bias) const {
+    const std::optional<at::Tensor> bias =
+        add_bias && l.bias.defined() ? std::optional<at::Tensor>(l.bias) : std::nullopt;
     if (typed) return typed->call(input, l.onednn_weight, bias, "none", c10::List<std::optional<at::Scalar>>(), std::string_view(""));
     torch::jit::Stack stack{input, l.onednn_weight, bias ? c10::IValue(*bias) : c10::IValue(), c10::IValue(std::string("none")),
                             c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue(std::string(""))};
@@ -150,18 +151,25 @@ inline void use_torch_threads() {
   }
 }
 
-// x[m, in] W^T + b on one engine, written into y (sgemm, packed) or left in the oneDNN op's result,
+// Whether a product includes the bias. `Leave` returns x W^T alone, for a caller that adds the bias
+// where it reads the result anyway (the residual add, the activation, the cache write): one pass over
+// the output fewer, and MKL computes C = A B (beta 0) instead of reading C back.
+enum class Bias { Add, Leave };
+
+// x[m, in] W^T (+ b) on one engine, written into y (sgemm, packed) or left in the oneDNN op's result,
 // kept alive by `holder` (no copy); returns where the result is.
-inline float* run_engine(Engine engine, const Linear& l, const float* x, int64_t m, float* y, at::Tensor& holder) {
+inline float* run_engine(Engine engine, const Linear& l, const float* x, int64_t m, float* y, at::Tensor& holder,
+                         Bias bias) {
+  const bool add = bias == Bias::Add && l.b != nullptr;
   if (engine == Engine::OneDnn) {
     const at::Tensor input = at::from_blob(const_cast<float*>(x), {m, l.in}, at::TensorOptions().dtype(at::kFloat));
-    holder = onednn_ops().run(input, l);
+    holder = onednn_ops().run(input, l, add);
     return holder.mutable_data_ptr<float>();
   }
-  if (l.b) {
+  if (add) {
     for (int64_t r = 0; r < m; ++r) std::memcpy(y + r * l.out, l.b, sizeof(float) * l.out);
   }
-  const float beta = l.b ? 1.0f : 0.0f;
+  const float beta = add ? 1.0f : 0.0f;
   if (engine == Engine::MklPacked) {
     const int rows = static_cast<int>(m);
     sgemm_compute_("P", "N", &l.out, &rows, &l.in, l.mkl_weight.get(), &l.in, x, &l.in, &beta, y, &l.out);
@@ -171,11 +179,13 @@ inline float* run_engine(Engine engine, const Linear& l, const float* x, int64_t
   return y;
 }
 
-// x[m, in] W^T + b, contiguous [m, out], on the engine chosen for this row count: written into `buffer`
-// or left in a oneDNN result kept alive by `holder`; returns where it is. The result may be modified in place.
-inline float* linear_into(const Linear& l, const float* x, int64_t m, float* buffer, at::Tensor& holder) {
+// x[m, in] W^T (+ b), contiguous [m, out], on the engine chosen for this row count: written into
+// `buffer` or left in a oneDNN result kept alive by `holder`; returns where it is. The result may be
+// modified in place.
+inline float* linear_into(const Linear& l, const float* x, int64_t m, float* buffer, at::Tensor& holder,
+                          Bias bias = Bias::Add) {
   if (m == 0) return buffer;
-  return run_engine(m <= kSmallRows ? l.small : l.large, l, x, m, buffer, holder);
+  return run_engine(m <= kSmallRows ? l.small : l.large, l, x, m, buffer, holder, bias);
 }
 
 // The same into y (row stride l.out), for results that must land in a given buffer.
@@ -195,7 +205,7 @@ inline double seconds_per_call(Engine engine, const Linear& l, const float* x, i
   double best = 1e30;
   for (int round = 0; round < 3; ++round) {
     const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) run_engine(engine, l, x, m, y, holder);
+    for (int i = 0; i < reps; ++i) run_engine(engine, l, x, m, y, holder, Bias::Leave);
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / reps);
   }
   return best;

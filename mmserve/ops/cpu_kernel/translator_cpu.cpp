@@ -209,69 +209,113 @@ void layer_norm(const Norm& n, const float* x, float* y, int64_t m, int64_t D, f
   }
 }
 
-void activation(float* x, int64_t n, bool gelu) {
-  if (gelu) {
-    for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
-  } else {
+// act(x + b) over m rows of n (the fc1 bias, left out of the GEMM, added here).
+void bias_activation(float* x, const float* b, int64_t m, int64_t n, bool gelu) {
+  for (int64_t r = 0; r < m; ++r) {
+    float* xr = x + r * n;
+    if (gelu) {
+      for (int64_t j = 0; j < n; ++j) {
+        const float y = xr[j] + (b ? b[j] : 0.0f);
+        xr[j] = 0.5f * y * (1.0f + std::erf(y * 0.70710678118654752f));
+      }
+    } else {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+      for (int64_t j = 0; j < n; ++j) {
+        const float y = xr[j] + (b ? b[j] : 0.0f);
+        xr[j] = y > 0.0f ? y : 0.0f;
+      }
+    }
   }
 }
 
-// One query row of one head over n keys: out[Dh] = softmax(seglu(scale q.k_j) masked) @ v. Keys and
-// values j sit `stride` floats apart; `scores` has room for n floats; mask: 1 = never attended.
+// Where attention finds key/value j (as an offset in floats from the buffer's start): evenly spaced
+// (the encoder, cross-attention, the step API's caches) or through a per-row table (the search's
+// caches, whose rows are never moved; see Caches).
+struct Strided {
+  int64_t stride;
+  int64_t operator()(int64_t j) const { return j * stride; }
+};
+struct Indexed {
+  const int64_t* offsets;
+  int64_t operator()(int64_t j) const { return offsets[j]; }
+};
+
+// One query row of one head over n >= 1 keys: out[Dh] = softmax(seglu(scale q.k_j) masked) @ v, key
+// and value j at k + at(j), v + at(j); `scores` has room for n floats; mask: 1 = never attended.
 // Templated on the modulator's order and the mask kind so that the row kernel inlines here: callers
 // pick the instance once per layer (`with_attention`), not per row and head.
 template <int ORDER, MaskKind MK>
-inline void attend(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                   int64_t stride, int64_t n, int64_t Dh, const uint8_t* mask, const Params<float>& p, float scale,
-                   float* __restrict__ scores, float* __restrict__ out) {
-  for (int64_t j = 0; j < n; ++j) {
-    const float* kj = k + j * stride;
-    float s = 0.0f;
+struct Attend {
+  template <typename KeyAt>
+  void operator()(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, KeyAt at,
+                  int64_t n, int64_t Dh, const uint8_t* mask, const Params<float>& p, float scale,
+                  float* __restrict__ scores, float* __restrict__ out) const {
+    for (int64_t j = 0; j < n; ++j) {
+      const float* kj = k + at(j);
+      float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-    for (int64_t d = 0; d < Dh; ++d) s += q[d] * kj[d];
-    scores[j] = s * scale;
-  }
-  forward_row_f32<ORDER, MK>(scores, scores, n, p, mask, nullptr);
-  std::memset(out, 0, sizeof(float) * Dh);
-  for (int64_t j = 0; j < n; ++j) {
-    const float w = scores[j];
-    if (w == 0.0f) continue;
-    const float* vj = v + j * stride;
+      for (int64_t d = 0; d < Dh; ++d) s += q[d] * kj[d];
+      scores[j] = s * scale;
+    }
+    forward_row_f32<ORDER, MK>(scores, scores, n, p, mask, nullptr);
+    const float w0 = scores[0];
+    const float* v0 = v + at(0);
 #pragma omp simd
-    for (int64_t d = 0; d < Dh; ++d) out[d] += w * vj[d];
+    for (int64_t d = 0; d < Dh; ++d) out[d] = w0 * v0[d];
+    for (int64_t j = 1; j < n; ++j) {
+      const float w = scores[j];
+      if (w == 0.0f) continue;
+      const float* vj = v + at(j);
+#pragma omp simd
+      for (int64_t d = 0; d < Dh; ++d) out[d] += w * vj[d];
+    }
   }
-}
+};
 
-// Calls body(attend<ORDER, MK>) with the instance for these parameters and mask presence.
+// Calls body(Attend<ORDER, MK>{}) with the instance for these parameters and mask presence.
 template <typename Body>
 inline void with_attention(const Params<float>& p, bool masked, Body&& body) {
   dispatch_order(p.order, [&](auto order) {
     constexpr int O = decltype(order)::value;
     if (masked) {
-      body(attend<O, MaskKind::BoolContig>);
+      body(Attend<O, MaskKind::BoolContig>{});
     } else {
-      body(attend<O, MaskKind::None>);
+      body(Attend<O, MaskKind::None>{});
     }
   });
 }
 
-// Residual sub-layer bookkeeping: pre-norm x + f(norm(x)), post-norm norm(x + f(x)).
-void residual(float* x, const float* f, int64_t m, int64_t D, bool pre, const Norm& n, float eps) {
-  const int64_t total = m * D;
+// Residual sub-layer bookkeeping: pre-norm x + f(norm(x)), post-norm norm(x + f(x)); `bias` (the
+// sub-layer's output bias, left out of its GEMM) is added here, nullptr when there is none.
+void residual(float* x, const float* f, const float* bias, int64_t m, int64_t D, bool pre, const Norm& n, float eps) {
+  for (int64_t r = 0; r < m; ++r) {
+    float* xr = x + r * D;
+    const float* fr = f + r * D;
+    if (bias) {
 #pragma omp simd
-  for (int64_t i = 0; i < total; ++i) x[i] += f[i];
+      for (int64_t j = 0; j < D; ++j) xr[j] += fr[j] + bias[j];
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < D; ++j) xr[j] += fr[j];
+    }
+  }
   if (!pre) layer_norm(n, x, x, m, D, eps);
 }
 
-// fc2(act(fc1(h))) for m rows.
-// fc2(act(fc1(h))) for m rows; returns where the result is (see linear_into).
-float* feed_forward(const Model& M, const Linear& fc1, const Linear& fc2, const float* h, int64_t m,
-                    float* hidden_buffer, float* out_buffer, at::Tensor& hold_hidden, at::Tensor& hold_out) {
-  float* hidden = linear_into(fc1, h, m, hidden_buffer, hold_hidden);
-  activation(hidden, m * fc1.out, M.gelu);
-  return linear_into(fc2, hidden, m, out_buffer, hold_out);
+// A linear sub-layer's output added to the residual stream: x += l(h), the bias fused into the add.
+void add_linear(float* x, const Linear& l, const float* h, int64_t m, float* buffer, at::Tensor& holder, bool pre,
+                const Norm& n, float eps) {
+  const float* f = linear_into(l, h, m, buffer, holder, native::Bias::Leave);
+  residual(x, f, l.b, m, l.out, pre, n, eps);
+}
+
+// x += fc2(act(fc1(h))) for m rows, both biases fused into the passes that read the products.
+void add_feed_forward(const Model& M, float* x, const Linear& fc1, const Linear& fc2, const float* h, int64_t m,
+                      float* hidden_buffer, float* out_buffer, at::Tensor& hold_hidden, at::Tensor& hold_out, bool pre,
+                      const Norm& n) {
+  float* hidden = linear_into(fc1, h, m, hidden_buffer, hold_hidden, native::Bias::Leave);
+  bias_activation(hidden, fc1.b, m, fc1.out, M.gelu);
+  add_linear(x, fc2, hidden, m, out_buffer, hold_out, pre, n, M.eps);
 }
 
 // Token + position embedding (x[m, D]); `offset` is the model's position offset.
@@ -300,35 +344,38 @@ void encode_into(const Model& M, const int64_t* ids, const uint8_t* mask, int64_
   std::vector<int64_t> positions(static_cast<size_t>(m));
   for (int64_t r = 0; r < m; ++r) positions[r] = r % S;
   embed(M, M.src_emb, M.src_pos, M.src_emb_norm, ids, positions.data(), M.src_vocab, m, x);
-  std::vector<float> h(m * D), qkv_buffer(m * 3 * D), ctx(m * D), f_buffer(m * D), hidden(m * M.ffn_max), scores(S);
+  // scratch, every element written before it is read
+  const auto buffer = [](int64_t n) { return std::unique_ptr<float[]>(new float[static_cast<size_t>(n)]); };
+  auto h = buffer(m * D), qkv_buffer = buffer(m * 3 * D), ctx = buffer(m * D), f_buffer = buffer(m * D),
+       hidden = buffer(m * M.ffn_max), scores = buffer(S);
   at::Tensor hold_qkv, hold_f, hold_hidden;
   for (const EncoderLayer& L : M.enc) {
     const float* in = x;
     if (M.enc_pre) {
-      layer_norm(L.attn_norm, x, h.data(), m, D, M.eps);
-      in = h.data();
+      layer_norm(L.attn_norm, x, h.get(), m, D, M.eps);
+      in = h.get();
     }
-    const float* qkv = linear_into(L.attn.qkv, in, m, qkv_buffer.data(), hold_qkv);
+    const float* qkv = linear_into(L.attn.qkv, in, m, qkv_buffer.get(), hold_qkv);
     with_attention(L.attn.p, true, [&](auto attend_one) {
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t hd = 0; hd < H; ++hd) {
           const float* kb = qkv + b * S * 3 * D + D + hd * Dh;
           const float* vb = kb + D;
           for (int64_t i = 0; i < S; ++i) {
-            attend_one(qkv + (b * S + i) * 3 * D + hd * Dh, kb, vb, 3 * D, S, Dh, mask + b * S, L.attn.p,
-                       M.attn_scale, scores.data(), ctx.data() + (b * S + i) * D + hd * Dh);
+            attend_one(qkv + (b * S + i) * 3 * D + hd * Dh, kb, vb, Strided{3 * D}, S, Dh, mask + b * S, L.attn.p,
+                       M.attn_scale, scores.get(), ctx.get() + (b * S + i) * D + hd * Dh);
           }
         }
       }
     });
-    residual(x, linear_into(L.attn.o, ctx.data(), m, f_buffer.data(), hold_f), m, D, M.enc_pre, L.attn_norm, M.eps);
+    add_linear(x, L.attn.o, ctx.get(), m, f_buffer.get(), hold_f, M.enc_pre, L.attn_norm, M.eps);
     in = x;
     if (M.enc_pre) {
-      layer_norm(L.ffn_norm, x, h.data(), m, D, M.eps);
-      in = h.data();
+      layer_norm(L.ffn_norm, x, h.get(), m, D, M.eps);
+      in = h.get();
     }
-    const float* f = feed_forward(M, L.fc1, L.fc2, in, m, hidden.data(), f_buffer.data(), hold_hidden, hold_f);
-    residual(x, f, m, D, M.enc_pre, L.ffn_norm, M.eps);
+    add_feed_forward(M, x, L.fc1, L.fc2, in, m, hidden.get(), f_buffer.get(), hold_hidden, hold_f, M.enc_pre,
+                     L.ffn_norm);
   }
   if (M.enc_final.g) layer_norm(M.enc_final, x, x, m, D, M.eps);
 }
@@ -336,10 +383,10 @@ void encode_into(const Model& M, const int64_t* ids, const uint8_t* mask, int64_
 // ------------------------------------------------------------------------------ decoder step
 // Where a step's attention reads its keys/values.
 struct SelfCache {
-  std::vector<float*> k, v;  // per layer: [rows, cap, D]
-  int64_t cap = 0;           // slots per row
-  int64_t slot = 0;          // the new token's slot; keys 0..slot are attended
-  const uint8_t* mask = nullptr;  // [rows, slot+1] (1 = padding) or nullptr
+  std::vector<float*> k, v;        // per layer, every layer laid out alike
+  int64_t n = 0;                   // keys per row: the earlier slots and the new token's (the last)
+  const int64_t* offsets = nullptr;  // [rows, n]: where row r's key/value j starts (floats); j = n-1 is written
+  const uint8_t* mask = nullptr;   // [rows, n] (1 = padding) or nullptr
 };
 
 struct CrossCache {
@@ -366,11 +413,10 @@ struct Workspace {
 // logits[rows, V] (seglu applied when the output layer is MultiMax).
 void decoder_step(const Model& M, int64_t rows, const int64_t* tokens, const int64_t* positions, SelfCache& self,
                   const CrossCache& cross, Workspace& ws, float* logits) {
-  const int64_t D = M.D, H = M.H, Dh = M.Dh, n_self = self.slot + 1;
+  const int64_t D = M.D, H = M.H, Dh = M.Dh, n_self = self.n;
   ws.reserve(M, rows, std::max(n_self, cross.S));
   float *x = ws.x.data(), *h = ws.h.data(), *ctx = ws.ctx.data();
   embed(M, M.tgt_emb, M.tgt_pos, M.tgt_emb_norm, tokens, positions, M.tgt_vocab, rows, x);
-  const int64_t row_stride = self.cap * D;
   for (size_t l = 0; l < M.dec.size(); ++l) {
     const DecoderLayer& L = M.dec[l];
     // self-attention over the cache
@@ -379,24 +425,32 @@ void decoder_step(const Model& M, int64_t rows, const int64_t* tokens, const int
       layer_norm(L.self_norm, x, h, rows, D, M.eps);
       in = h;
     }
-    const float* q = linear_into(L.self_attn.qkv, in, rows, ws.q.data(), ws.hold_q);
+    // q, k, v without their bias: q's is added in place, k's and v's on the way into the cache
+    float* q = linear_into(L.self_attn.qkv, in, rows, ws.q.data(), ws.hold_q, native::Bias::Leave);
     float* kc = self.k[l];
     float* vc = self.v[l];
-    for (int64_t r = 0; r < rows; ++r) {  // the new keys/values join the cache
-      std::memcpy(kc + r * row_stride + self.slot * D, q + r * 3 * D + D, sizeof(float) * D);
-      std::memcpy(vc + r * row_stride + self.slot * D, q + r * 3 * D + 2 * D, sizeof(float) * D);
+    const float* bias = L.self_attn.qkv.b;
+    for (int64_t r = 0; r < rows; ++r) {
+      float* qr = q + r * 3 * D;
+      const int64_t slot = self.offsets[r * n_self + n_self - 1];
+#pragma omp simd
+      for (int64_t j = 0; j < D; ++j) {
+        qr[j] += bias[j];
+        kc[slot + j] = qr[D + j] + bias[D + j];
+        vc[slot + j] = qr[2 * D + j] + bias[2 * D + j];
+      }
     }
     with_attention(L.self_attn.p, self.mask != nullptr, [&](auto attend_one) {
       for (int64_t r = 0; r < rows; ++r) {
         const uint8_t* mask = self.mask ? self.mask + r * n_self : nullptr;
+        const Indexed at{self.offsets + r * n_self};
         for (int64_t hd = 0; hd < H; ++hd) {
-          const int64_t off = r * row_stride + hd * Dh;
-          attend_one(q + r * 3 * D + hd * Dh, kc + off, vc + off, D, n_self, Dh, mask, L.self_attn.p, M.attn_scale,
-                     ws.scores.data(), ctx + r * D + hd * Dh);
+          attend_one(q + r * 3 * D + hd * Dh, kc + hd * Dh, vc + hd * Dh, at, n_self, Dh, mask, L.self_attn.p,
+                     M.attn_scale, ws.scores.data(), ctx + r * D + hd * Dh);
         }
       }
     });
-    residual(x, linear_into(L.self_attn.o, ctx, rows, ws.f.data(), ws.hold_f), rows, D, M.dec_pre, L.self_norm, M.eps);
+    add_linear(x, L.self_attn.o, ctx, rows, ws.f.data(), ws.hold_f, M.dec_pre, L.self_norm, M.eps);
     // cross-attention over the source
     in = x;
     if (M.dec_pre) {
@@ -410,20 +464,20 @@ void decoder_step(const Model& M, int64_t rows, const int64_t* tokens, const int
         const uint8_t* mask = cross.mask + src * cross.S;
         for (int64_t hd = 0; hd < H; ++hd) {
           const int64_t off = src * cross.s_stride + hd * cross.h_stride;
-          attend_one(q + r * D + hd * Dh, cross.k[l] + off, cross.v[l] + off, cross.j_stride, cross.S, Dh, mask,
-                     L.cross_attn.p, M.attn_scale, ws.scores.data(), ctx + r * D + hd * Dh);
+          attend_one(q + r * D + hd * Dh, cross.k[l] + off, cross.v[l] + off, Strided{cross.j_stride}, cross.S, Dh,
+                     mask, L.cross_attn.p, M.attn_scale, ws.scores.data(), ctx + r * D + hd * Dh);
         }
       }
     });
-    residual(x, linear_into(L.cross_attn.o, ctx, rows, ws.f.data(), ws.hold_f), rows, D, M.dec_pre, L.cross_norm, M.eps);
+    add_linear(x, L.cross_attn.o, ctx, rows, ws.f.data(), ws.hold_f, M.dec_pre, L.cross_norm, M.eps);
     // feed-forward
     in = x;
     if (M.dec_pre) {
       layer_norm(L.ffn_norm, x, h, rows, D, M.eps);
       in = h;
     }
-    const float* f = feed_forward(M, L.fc1, L.fc2, in, rows, ws.hidden.data(), ws.f.data(), ws.hold_hidden, ws.hold_f);
-    residual(x, f, rows, D, M.dec_pre, L.ffn_norm, M.eps);
+    add_feed_forward(M, x, L.fc1, L.fc2, in, rows, ws.hidden.data(), ws.f.data(), ws.hold_hidden, ws.hold_f,
+                     M.dec_pre, L.ffn_norm);
   }
   if (M.dec_final.g) layer_norm(M.dec_final, x, x, rows, D, M.eps);
   linear(M.out, x, rows, logits);
@@ -484,37 +538,46 @@ struct Hyp {
   std::vector<int64_t> tokens;
 };
 
-// The search's caches: per decoder layer K and V of [rows, cap, D]. Reordering (beams, finished
-// rows leaving) gathers into a second set of buffers and swaps, one copy of the used slots per row.
+// The search's self-attention caches. Per decoder layer K and V are slot-major [cap, rows, D]: step t
+// writes row r's key at (t * rows + r) * D and nothing is ever moved. When beams are reordered or
+// finished rows leave the batch, a row's history is not copied (step + 1 keys and values per layer and
+// row, once the largest memory traffic of a beam step); instead each live row keeps its lineage, the
+// row index its ancestor had at every earlier step, and a reorder copies those step + 1 integers.
+// Attention then finds slot s of row r at (s * rows + lineage[r][s]) * D (SelfCache::offsets).
 struct Caches {
-  std::vector<std::vector<float>> k, v, k_next, v_next;
-  Caches(const Model& M, int64_t rows, int64_t cap) {
-    const size_t n = static_cast<size_t>(rows * cap * M.D);
+  int64_t rows = 0, cap = 0, D = 0;
+  std::vector<std::unique_ptr<float[]>> k, v;  // uninitialised: attention reads only written slots
+  std::vector<int64_t> lineage, lineage_next;  // [rows, cap]
+  std::vector<int64_t> offsets;                // [rows, slot + 1] of the current step
+  Caches(const Model& M, int64_t rows_, int64_t cap_) : rows(rows_), cap(cap_), D(M.D) {
+    const size_t n = static_cast<size_t>(rows * cap * D);
     for (size_t l = 0; l < M.dec.size(); ++l) {
-      k.emplace_back(n);
-      v.emplace_back(n);
-      k_next.emplace_back(n);
-      v_next.emplace_back(n);
+      k.emplace_back(new float[n]);
+      v.emplace_back(new float[n]);
     }
+    lineage.resize(static_cast<size_t>(rows * cap));
+    lineage_next.resize(lineage.size());
+    offsets.resize(lineage.size());
   }
-  // Row i of the result = old row origin[i], first `used` slots (origin may repeat and permute).
-  void gather(const std::vector<int64_t>& origin, int64_t used, int64_t cap, int64_t D) {
-    const size_t row = static_cast<size_t>(cap * D), bytes = sizeof(float) * static_cast<size_t>(used * D);
-    for (size_t l = 0; l < k.size(); ++l) {
-      for (size_t i = 0; i < origin.size(); ++i) {
-        std::memcpy(k_next[l].data() + i * row, k[l].data() + origin[i] * row, bytes);
-        std::memcpy(v_next[l].data() + i * row, v[l].data() + origin[i] * row, bytes);
-      }
+  // Row i continues old row origin[i] (origin may repeat and permute); `used` slots are filled.
+  void reorder(const std::vector<int64_t>& origin, int64_t used) {
+    for (size_t i = 0; i < origin.size(); ++i) {
+      std::copy_n(lineage.begin() + origin[i] * cap, used, lineage_next.begin() + static_cast<int64_t>(i) * cap);
     }
-    std::swap(k, k_next);
-    std::swap(v, v_next);
+    std::swap(lineage, lineage_next);
   }
-  SelfCache view(int64_t cap, int64_t slot) {
+  // The step writing slot `slot` for `live` rows.
+  SelfCache view(int64_t live, int64_t slot) {
+    const int64_t n = slot + 1;
+    for (int64_t r = 0; r < live; ++r) {
+      lineage[r * cap + slot] = r;
+      for (int64_t s = 0; s < n; ++s) offsets[r * n + s] = (s * rows + lineage[r * cap + s]) * D;
+    }
     SelfCache c;
-    for (auto& b : k) c.k.push_back(b.data());
-    for (auto& b : v) c.v.push_back(b.data());
-    c.cap = cap;
-    c.slot = slot;
+    for (auto& b : k) c.k.push_back(b.get());
+    for (auto& b : v) c.v.push_back(b.get());
+    c.n = n;
+    c.offsets = offsets.data();
     return c;
   }
 };
@@ -558,7 +621,7 @@ std::vector<std::vector<Hyp>> greedy(const Model& M, const CrossKV& cross, const
   for (int64_t step = 0; step < R.max_length && !sentence.empty(); ++step) {
     const int64_t rows = static_cast<int64_t>(sentence.size());
     std::fill(positions.begin(), positions.begin() + rows, step);
-    SelfCache self = caches.view(cap, step);
+    SelfCache self = caches.view(rows, step);
     const CrossCache cc = cross.view(M, S, src_mask, sentence.data());
     decoder_step(M, rows, tokens.data(), positions.data(), self, cc, ws, logits.data());
     std::vector<int64_t> keep;
@@ -586,7 +649,7 @@ std::vector<std::vector<Hyp>> greedy(const Model& M, const CrossKV& cross, const
         next_tokens.push_back(tokens[r]);
         next_sums.push_back(sums[r]);
       }
-      caches.gather(keep, step + 1, cap, M.D);
+      caches.reorder(keep, step + 1);
       sentence = next_sentence;
       std::copy(next_tokens.begin(), next_tokens.end(), tokens.begin());
       std::copy(next_sums.begin(), next_sums.end(), sums.begin());
@@ -648,7 +711,7 @@ std::vector<std::vector<Hyp>> beam(const Model& M, const CrossKV& cross, const u
       positions[r] = step;
       row_source[r] = sentence[r / per];
     }
-    SelfCache self = caches.view(cap, step);
+    SelfCache self = caches.view(rows, step);
     const CrossCache cc = cross.view(M, S, src_mask, row_source.data());
     decoder_step(M, rows, tokens.data(), positions.data(), self, cc, ws, logits.data());
     for (int64_t r = 0; r < rows; ++r) log_probs(logits.data() + r * V, logp.data() + r * V, V, step, R);
@@ -739,7 +802,7 @@ std::vector<std::vector<Hyp>> beam(const Model& M, const CrossKV& cross, const u
     sentence.resize(kept_sentences);
     closed.resize(kept_sentences);
     std::swap(history, history_next);
-    caches.gather(cache_rows, step + 1, cap, D);
+    caches.reorder(cache_rows, step + 1);
   }
   return results;
 }
@@ -901,9 +964,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> translator_decode_step(
   // The grown caches: [B, P+1, H, Dh] buffers, the old P slots copied in, the new one written by the step.
   std::vector<at::Tensor> grown;
   SelfCache self;
-  self.cap = P + 1;
-  self.slot = P;
+  self.n = P + 1;
   self.mask = self_mask.const_data_ptr<uint8_t>();
+  std::vector<int64_t> offsets(static_cast<size_t>(B * (P + 1)));
+  for (int64_t r = 0; r < B; ++r) {
+    for (int64_t j = 0; j <= P; ++j) offsets[r * (P + 1) + j] = (r * (P + 1) + j) * M.D;
+  }
+  self.offsets = offsets.data();
   for (int64_t i = 0; i < 2 * layers; ++i) {
     at::Tensor buffer = at::empty({B, P + 1, M.H, M.Dh}, f32);
     if (P) {
