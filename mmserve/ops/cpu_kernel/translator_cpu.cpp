@@ -666,7 +666,7 @@ struct Candidate {
 // Beam search, as decoding.beam_search (see its comments for the rules reproduced here).
 std::vector<std::vector<Hyp>> beam(const Model& M, const CrossKV& cross, const uint8_t* src_mask, int64_t B,
                                    int64_t S, const Rules& R, int64_t K, int64_t n_best) {
-  const int64_t V = M.tgt_vocab, cap = R.max_length, D = M.D;
+  const int64_t V = M.tgt_vocab, cap = R.max_length;
   const int64_t width = std::min<int64_t>(2 * K, K * V);
   std::vector<std::vector<Hyp>> results(static_cast<size_t>(B));
   std::vector<int64_t> sentence(B);
