@@ -185,6 +185,27 @@ def test_every_gemm_engine_gives_the_torch_models_search(mode: str, monkeypatch)
         assert [row[0].score for row in got] == pytest.approx([row[0].score for row in want], abs=1e-4)
 
 
+def test_a_translator_prepared_at_one_thread_count_runs_at_another() -> None:
+    """Packed weights and engine choices are made per torch thread count (MKL's packed layout depends
+    on it): a translator created at 1 thread and then run at 2 prepares itself again and decodes the
+    same tokens, with engines reported at both counts."""
+    model = make_model("pre-norm multimax")
+    ids, mask = sources(model, batch=12, seed=5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        native = NativeTranslator(model)
+        one = _decode(native, ids, mask, 3, SearchRules())
+        assert native.gemm_engines()
+        torch.set_num_threads(2)
+        two = _decode(native, ids, mask, 3, SearchRules())
+        assert native.gemm_engines()
+    finally:
+        torch.set_num_threads(before)
+    assert [row[0].tokens for row in one] == [row[0].tokens for row in two]
+    assert [row[0].score for row in one] == pytest.approx([row[0].score for row in two], abs=1e-5)
+
+
 def test_an_unknown_gemm_engine_is_refused(monkeypatch) -> None:
     monkeypatch.setenv("MMSERVE_NATIVE_GEMM", "cublas")
     with pytest.raises(RuntimeError, match="MMSERVE_NATIVE_GEMM must be auto, sgemm, packed or onednn"):

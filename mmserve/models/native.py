@@ -129,8 +129,9 @@ class NativeTranslator:
         self._release = weakref.finalize(self, self._ops.translator_release, self._handle)
 
     def gemm_engines(self) -> str:
-        """Which GEMM engine each weight shape runs on (small / large row counts), as measured when the
-        translator was created: e.g. "384x128: mkl-packed/sgemm, ...". For benchmarks and logs."""
+        """Which GEMM engine each weight shape runs on (small / large row counts) at torch's current
+        thread count, as measured the first time the translator ran at that count: e.g.
+        "384x128: mkl-packed/sgemm, ...". For benchmarks and logs."""
         return str(self._ops.translator_gemm_engines(self._handle))
 
     def close(self) -> None:

@@ -8,8 +8,9 @@
 //     42-166), and MKL's packed GEMM (the weight packed once into MKL's internal layout, what
 //     CTranslate2 does with MKL) saves MKL's per-call copy of the weight on top.
 // A fixed rule would be wrong on one of them, so `choose_engines` times the candidates once per weight
-// shape when a model is created (a few ms for the bundled model), for small (decoder steps, up to
-// kSmallRows) and large row counts (beams of a full batch, the encoder), and keeps the fastest. The
+// shape and thread count (translator_cpu.cpp prepares a model per count it runs at; a few ms for the
+// bundled model), for small (decoder steps, up to kSmallRows) and large row counts (beams of a full
+// batch, the encoder), and keeps the fastest. The
 // choice is reported by `describe_engines` and can be forced with MMSERVE_NATIVE_GEMM=
 // sgemm|packed|onednn (for measuring). All engines compute the same float32 products; their results
 // differ in the last bits only (summation order).
