@@ -31,23 +31,27 @@ VARIANTS = {
         encoder_norm="post", decoder_norm="post", activation="gelu", positions="fairseq-sinusoidal",
         position_offset=2, layernorm_embedding=True, scale_embedding=True, tie_embeddings="decoder",
         src_vocab_size=31, cross_attention_fn="softmax", decoder_ffn_dim=48, output_fn="softmax"),
-    "learned positions, order 3": dict(
+    "learned positions, order 3, one head": dict(
         positions="learned", multimax_order=3, scale_embedding=False, tie_embeddings="none", src_vocab_size=29,
-        encoder_attention_fn="softmax"),
+        encoder_attention_fn="softmax", num_heads=1),
 }
+# Head widths 8 (four heads) and 32 (one head): the C++ attention has a register-blocked path for widths
+# of 1, 2, 4 or 8 vectors and a plain one for others; with 16-lane (AVX-512) or 8-lane (AVX2) vectors
+# these two widths take both.
 
 
 # Scale of the EOS output row per variant: random models end either at once or never; these give
 # each variant a mix of lengths (checked by the search tests).
-EOS_BOOST = {"pre-norm multimax": 2.0, "fairseq-like post-norm": 3.0, "learned positions, order 3": 5.0}
+EOS_BOOST = {"pre-norm multimax": 2.0, "fairseq-like post-norm": 3.0, "learned positions, order 3, one head": 5.0}
 
 
 def make_model(variant: str, seed: int = 0) -> MultiMaxTranslator:
     """A small random translator whose MultiMax parameters are far from zero (so a modulator the C++
     side skipped or misread would show), EOS made likely so sentences end at varied lengths."""
     torch.manual_seed(seed)
-    cfg = TranslatorConfig(tgt_vocab_size=VOCAB, d_model=32, num_heads=4, encoder_layers=2, decoder_layers=2,
-                           ffn_dim=64, dropout=0.0, max_positions=24, **VARIANTS[variant])
+    settings = {"num_heads": 4, **VARIANTS[variant]}
+    cfg = TranslatorConfig(tgt_vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, ffn_dim=64,
+                           dropout=0.0, max_positions=24, **settings)
     model = MultiMaxTranslator(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -267,47 +267,80 @@ struct Indexed {
 
 // One query row of one head over n >= 1 keys: out[Dh] = softmax(seglu(scale q.k_j) masked) @ v, key
 // and value j at k + at(j), v + at(j); `scores` has room for n floats; mask: 1 = never attended.
-// Templated on the modulator's order and the mask kind so that the row kernel inlines here: callers
-// pick the instance once per layer (`with_attention`), not per row and head.
-template <int ORDER, MaskKind MK>
+// Templated on the modulator's order and the mask kind so that the row kernel inlines here, and on
+// NV, the head width in vectors (Dh = NV * W; 0: any width, plain loops): callers pick the instance
+// once per layer (`with_attention`), not per row and head.
+// Why NV: a decoder attends over a handful of keys, so the per-key work is all there is. With q and
+// the output accumulators held in NV registers, a key costs NV fused multiply-adds and one horizontal
+// sum; the plain loops compiled to a scalar reduction through the stack per key and a load-add-store
+// of `out` per key, and attention was a sixth of a beam search.
+template <int ORDER, MaskKind MK, int NV>
 struct Attend {
   template <typename KeyAt>
   void operator()(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, KeyAt at,
                   int64_t n, int64_t Dh, const uint8_t* mask, const Params<float>& p, float scale,
                   float* __restrict__ scores, float* __restrict__ out) const {
-    for (int64_t j = 0; j < n; ++j) {
-      const float* kj = k + at(j);
-      float s = 0.0f;
+    if constexpr (NV > 0) {
+      vf qv[NV], acc[NV];
+      for (int c = 0; c < NV; ++c) qv[c] = vload(q + c * W);
+      for (int64_t j = 0; j < n; ++j) {
+        const float* kj = k + at(j);
+        vf dot = qv[0] * vload(kj);
+        for (int c = 1; c < NV; ++c) dot += qv[c] * vload(kj + c * W);
+        scores[j] = hsum(dot) * scale;
+      }
+      forward_row_f32<ORDER, MK>(scores, scores, n, p, mask, nullptr);
+      for (int c = 0; c < NV; ++c) acc[c] = splat(0.0f);
+      for (int64_t j = 0; j < n; ++j) {
+        const float w = scores[j];
+        if (w == 0.0f) continue;
+        const float* vj = v + at(j);
+        for (int c = 0; c < NV; ++c) acc[c] += w * vload(vj + c * W);
+      }
+      for (int c = 0; c < NV; ++c) vstore(out + c * W, acc[c]);
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        const float* kj = k + at(j);
+        float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-      for (int64_t d = 0; d < Dh; ++d) s += q[d] * kj[d];
-      scores[j] = s * scale;
-    }
-    forward_row_f32<ORDER, MK>(scores, scores, n, p, mask, nullptr);
-    const float w0 = scores[0];
-    const float* v0 = v + at(0);
+        for (int64_t d = 0; d < Dh; ++d) s += q[d] * kj[d];
+        scores[j] = s * scale;
+      }
+      forward_row_f32<ORDER, MK>(scores, scores, n, p, mask, nullptr);
+      std::fill(out, out + Dh, 0.0f);
+      for (int64_t j = 0; j < n; ++j) {
+        const float w = scores[j];
+        if (w == 0.0f) continue;
+        const float* vj = v + at(j);
 #pragma omp simd
-    for (int64_t d = 0; d < Dh; ++d) out[d] = w0 * v0[d];
-    for (int64_t j = 1; j < n; ++j) {
-      const float w = scores[j];
-      if (w == 0.0f) continue;
-      const float* vj = v + at(j);
-#pragma omp simd
-      for (int64_t d = 0; d < Dh; ++d) out[d] += w * vj[d];
+        for (int64_t d = 0; d < Dh; ++d) out[d] += w * vj[d];
+      }
     }
   }
 };
 
-// Calls body(Attend<ORDER, MK>{}) with the instance for these parameters and mask presence.
+// Calls body(Attend<ORDER, MK, NV>{}) with the instance for these parameters, mask presence and head
+// width.
 template <typename Body>
-inline void with_attention(const Params<float>& p, bool masked, Body&& body) {
-  dispatch_order(p.order, [&](auto order) {
-    constexpr int O = decltype(order)::value;
-    if (masked) {
-      body(Attend<O, MaskKind::BoolContig>{});
-    } else {
-      body(Attend<O, MaskKind::None>{});
-    }
-  });
+inline void with_attention(const Params<float>& p, bool masked, int64_t Dh, Body&& body) {
+  const auto by_width = [&](auto mask_kind) {
+    constexpr MaskKind MK = decltype(mask_kind)::value;
+    dispatch_order(p.order, [&](auto order) {
+      constexpr int O = decltype(order)::value;
+      switch (Dh) {
+        case W: body(Attend<O, MK, 1>{}); break;
+        case 2 * W: body(Attend<O, MK, 2>{}); break;
+        case 4 * W: body(Attend<O, MK, 4>{}); break;
+        case 8 * W: body(Attend<O, MK, 8>{}); break;
+        default: body(Attend<O, MK, 0>{}); break;
+      }
+    });
+  };
+  if (masked) {
+    by_width(std::integral_constant<MaskKind, MaskKind::BoolContig>{});
+  } else {
+    by_width(std::integral_constant<MaskKind, MaskKind::None>{});
+  }
 }
 
 // Residual sub-layer bookkeeping: pre-norm x + f(norm(x)), post-norm norm(x + f(x)); `bias` (the
@@ -381,7 +414,7 @@ void encode_into(const Model& M, const int64_t* ids, const uint8_t* mask, int64_
       in = h.get();
     }
     const float* qkv = linear_into(L.attn.qkv, in, m, qkv_buffer.get(), hold_qkv);
-    with_attention(L.attn.p, true, [&](auto attend_one) {
+    with_attention(L.attn.p, true, Dh, [&](auto attend_one) {
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t hd = 0; hd < H; ++hd) {
           const float* kb = qkv + b * S * 3 * D + D + hd * Dh;
@@ -465,7 +498,7 @@ void decoder_step(const Model& M, int64_t rows, const int64_t* tokens, const int
         vc[slot + j] = qr[2 * D + j] + bias[2 * D + j];
       }
     }
-    with_attention(L.self_attn.p, self.mask != nullptr, [&](auto attend_one) {
+    with_attention(L.self_attn.p, self.mask != nullptr, Dh, [&](auto attend_one) {
       for (int64_t r = 0; r < rows; ++r) {
         const uint8_t* mask = self.mask ? self.mask + r * n_self : nullptr;
         const Indexed at{self.offsets + r * n_self};
@@ -483,7 +516,7 @@ void decoder_step(const Model& M, int64_t rows, const int64_t* tokens, const int
       in = h;
     }
     q = linear_into(L.cross_attn.q, in, rows, ws.q.data(), ws.hold_q);
-    with_attention(L.cross_attn.p, true, [&](auto attend_one) {
+    with_attention(L.cross_attn.p, true, Dh, [&](auto attend_one) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t src = cross.row_source ? cross.row_source[r] : r;
         const uint8_t* mask = cross.mask + src * cross.S;
