@@ -216,19 +216,33 @@ struct Cursor {
 // ------------------------------------------------------------------------------ building blocks
 // The GEMM engines (MKL sgemm, MKL packed, oneDNN) and their per-shape choice: native_linear.h.
 
-// LayerNorm of m rows of D (biased variance, as torch), x -> y (may alias).
+// Sum of n floats in W-lane vectors (the last n % W lanes in one masked step).
+inline float vector_sum(const float* x, int64_t n) {
+  const int64_t full = n - n % W;
+  vf acc = splat(0.0f);
+  for (int64_t j = 0; j < full; j += W) acc += vload(x + j);
+  if (n > full) acc += vload_tail(x + full, n - full, 0.0f);
+  return hsum(acc);
+}
+
+// LayerNorm of m rows of D (biased variance, as torch), x -> y (may alias). Sums in explicit vectors:
+// `omp simd` reductions compiled to a scalar sum through the stack.
 void layer_norm(const Norm& n, const float* x, float* y, int64_t m, int64_t D, float eps) {
+  const int64_t full = D - D % W;
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * D;
     float* yr = y + r * D;
-    float mean = 0.0f;
-#pragma omp simd reduction(+ : mean)
-    for (int64_t j = 0; j < D; ++j) mean += xr[j];
-    mean /= static_cast<float>(D);
-    float var = 0.0f;
-#pragma omp simd reduction(+ : var)
-    for (int64_t j = 0; j < D; ++j) var += (xr[j] - mean) * (xr[j] - mean);
-    const float inv = 1.0f / std::sqrt(var / static_cast<float>(D) + eps);
+    const float mean = vector_sum(xr, D) / static_cast<float>(D);
+    vf acc = splat(0.0f);
+    for (int64_t j = 0; j < full; j += W) {
+      const vf c = vload(xr + j) - mean;
+      acc += c * c;
+    }
+    if (D > full) {
+      const vf c = keep_lanes(vload_tail(xr + full, D - full, 0.0f) - mean, D - full, 0.0f);
+      acc += c * c;
+    }
+    const float inv = 1.0f / std::sqrt(hsum(acc) / static_cast<float>(D) + eps);
 #pragma omp simd
     for (int64_t j = 0; j < D; ++j) yr[j] = (xr[j] - mean) * inv * n.g[j] + n.b[j];
   }
@@ -568,9 +582,11 @@ struct Rules {
 void log_probs(const float* logits, float* out, int64_t V, int64_t step, const Rules& R) {
   // max, then sum exp(x - max) with the row kernel's vector exp (exp of values <= 0; within a few
   // float ulps of std::exp), then x - max - log(sum): torch's log_softmax formula.
-  float m = -kInf;
-  for (int64_t j = 0; j < V; ++j) m = std::max(m, logits[j]);
   const int64_t full = V - V % W;
+  vf mv = splat(-kInf);
+  for (int64_t j = 0; j < full; j += W) mv = vmax(mv, vload(logits + j));
+  if (V > full) mv = vmax(mv, vload_tail(logits + full, V - full, -kInf));
+  const float m = hmax(mv);
   vf acc = splat(0.0f);
   for (int64_t j = 0; j < full; j += W) acc += vexp_nonpos(vload(logits + j) - m);
   if (V > full) acc += vexp_nonpos(vload_tail(logits + full, V - full, -kInf) - m);
