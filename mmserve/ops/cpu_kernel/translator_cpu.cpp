@@ -4,12 +4,13 @@
 // Why: on onnxruntime or eager torch a decoder step is ~290 graph nodes (MultiMax chains, masks,
 // biases, KV concats) run one by one, and the search loop is Python + torch ops; at the bundled model's
 // size that overhead, not arithmetic, is the cost (issue 14: 0.48x CTranslate2 greedy, 0.26x beam 4).
-// Here a step is 6 GEMMs per layer (q/k/v stacked into one) plus plain loops (single-query attention
-// through the MultiMax row kernel, LayerNorm, residuals), the caches live in preallocated
-// [rows, max_length, D] buffers that grow in place, beams of one sentence share its cross-attention
-// keys (no expansion), and the search runs on plain arrays. Parallelism is across calls (decode
-// workers, CTranslate2's inter_threads): the GEMMs use torch's thread count, which the thread policy
-// sets to one per worker.
+// Here a step is 6 GEMMs per layer (q/k/v stacked into one; engines measured per machine, see
+// native_linear.h) plus plain loops (single-query attention through the MultiMax row kernel,
+// LayerNorm, residuals with the biases fused in), the self-attention caches live in preallocated
+// buffers and are never copied (rows keep their lineage, see Caches), beams of one sentence share its
+// cross-attention keys (no expansion), and the search runs on plain arrays. Parallelism is across
+// calls (decode workers, CTranslate2's inter_threads): the GEMMs use torch's thread count, which the
+// thread policy sets to one per worker.
 //
 // The model is handed over once (`translator_create`: weights in a fixed order, see
 // mmserve/models/native.py, which owns the packing) and referred to by an integer handle. Besides the
