@@ -288,6 +288,16 @@ def ctranslate2_engine(translator, vocab, rows, beam: int, gen: dict):
 # ----------------------------------------------------------------------------------- the table
 
 
+def engines_at(native: NativeTranslator, threads: int) -> str:
+    """The GEMM engines the native translator measured for this thread count (it prepares per count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return native.gemm_engines()
+    finally:
+        torch.set_num_threads(before)
+
+
 def bench_model(name: str, model_dir: Path, work: Path, n: int, rounds: int, threads: list[int]) -> list[dict]:
     import ctranslate2
 
@@ -306,6 +316,7 @@ def bench_model(name: str, model_dir: Path, work: Path, n: int, rounds: int, thr
     print(f"conversion check: CTranslate2's greedy outputs for 8 sources scored by CTranslate2 and by the SoftMax "
           f"twin in torch differ by at most {gap:.1e} in log-probability")
     native = NativeTranslator(load_model_dir(model_dir).model.eval())
+    print(f"native translator's GEMM engines (small/large row counts), 1 thread: {engines_at(native, 1)}")
     results = []
     for beam in (1, 4):
         # Every engine at every thread count in ONE interleaved comparison, so both the ratio to
