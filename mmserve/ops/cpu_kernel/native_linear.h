@@ -4,14 +4,14 @@
 // the CPU, and by a lot (`python benchmarks/bench_gemm.py`, 1 thread, the bundled model's shapes):
 //   - on an AMD EPYC, MKL takes its generic path (88-99 GFLOP/s) and oneDNN's inner product with the
 //     weight reordered once into its blocked layout reaches 121-214 from 128 rows up;
-//   - on an Intel Xeon with AVX-512, MKL's sgemm beats blocked oneDNN at every shape (111-170 against
-//     42-166), and MKL's packed GEMM (the weight packed once into MKL's internal layout, what
-//     CTranslate2 does with MKL) saves MKL's per-call copy of the weight on top.
+//   - on an Intel Xeon with AVX-512, MKL's sgemm beats blocked oneDNN at every shape (95-174 against
+//     49-161), and MKL's packed GEMM (the weight packed once into MKL's internal layout, what
+//     CTranslate2 does with MKL) is faster still (150-187): it saves MKL's per-call copy of the weight.
 // A fixed rule would be wrong on one of them, so `choose_engines` times the candidates once per weight
 // shape and thread count (translator_cpu.cpp prepares a model per count it runs at; a few ms for the
 // bundled model), for small (decoder steps, up to kSmallRows) and large row counts (beams of a full
-// batch, the encoder), and keeps the fastest. The
-// choice is reported by `describe_engines` and can be forced with MMSERVE_NATIVE_GEMM=
+// batch, the encoder), and keeps the fastest. The choice is reported by `describe_engines` and can be
+// forced with MMSERVE_NATIVE_GEMM=
 // sgemm|packed|onednn (for measuring). All engines compute the same float32 products; their results
 // differ in the last bits only (summation order).
 
@@ -197,8 +197,8 @@ inline void linear(const Linear& l, const float* x, int64_t m, float* y) {
 }
 
 // ------------------------------------------------------------------------------ the choice
-// Seconds per call of `engine` on these inputs: the best of `rounds`, each timing enough calls to last
-// about 50 us (the clock's resolution and the call overhead then do not decide).
+// Seconds per call of `engine` on these inputs: the best of 3 rounds, each timing enough calls for
+// about 2M multiply-adds (up to 64 calls; the clock's resolution and call overhead then do not decide).
 inline double seconds_per_call(Engine engine, const Linear& l, const float* x, int64_t m, float* y) {
   at::Tensor holder;
   const double work = static_cast<double>(m) * l.in * l.out;
@@ -230,8 +230,16 @@ inline Engine fastest(const std::vector<Engine>& candidates, const Linear& l, in
   return candidates[pick];
 }
 
+// Whether `l` can run on `engine` (its packed weight was made).
+inline bool prepared_for(const Linear& l, Engine engine) {
+  if (engine == Engine::MklPacked) return l.mkl_weight != nullptr;
+  if (engine == Engine::OneDnn) return l.onednn_weight.defined();
+  return true;
+}
+
 // Prepares the packed weights and picks each Linear's engines (see the top of this file). Linears of
-// the same shape share one measurement.
+// the same shape share one measurement, and only the first of them packs for every engine: the others
+// pack only for the engines chosen.
 inline void choose_engines(const std::vector<Linear*>& layers) {
   use_torch_threads();
   const char* env = std::getenv("MMSERVE_NATIVE_GEMM");
@@ -240,8 +248,15 @@ inline void choose_engines(const std::vector<Linear*>& layers) {
               "mmserve_cpu: MMSERVE_NATIVE_GEMM must be auto, sgemm, packed or onednn, not '", mode, "'");
   std::map<std::tuple<int, int, bool>, std::pair<Engine, Engine>> measured;
   for (Linear* l : layers) {
-    if (mode == "auto" || mode == "packed") l->mkl_weight = mkl_pack(*l);
-    if (mode == "auto" || mode == "onednn") l->onednn_weight = onednn_ops().pack(l->weight);
+    const auto key = std::make_tuple(l->out, l->in, l->b != nullptr);
+    auto it = mode == "auto" ? measured.find(key) : measured.end();
+    const bool known = it != measured.end();
+    const auto wanted = [&](Engine e, const char* forced) {
+      if (mode != "auto") return mode == forced;
+      return !known || it->second.first == e || it->second.second == e;
+    };
+    if (wanted(Engine::MklPacked, "packed")) l->mkl_weight = mkl_pack(*l);
+    if (wanted(Engine::OneDnn, "onednn")) l->onednn_weight = onednn_ops().pack(l->weight);
     std::vector<Engine> candidates{Engine::Sgemm};
     if (l->mkl_weight) candidates.push_back(Engine::MklPacked);
     if (l->onednn_weight.defined()) candidates.push_back(Engine::OneDnn);
@@ -249,12 +264,12 @@ inline void choose_engines(const std::vector<Linear*>& layers) {
       l->small = l->large = candidates.back();
       continue;
     }
-    const auto key = std::make_tuple(l->out, l->in, l->b != nullptr);
-    auto it = measured.find(key);
-    if (it == measured.end()) {
+    if (!known) {
       it = measured.emplace(key, std::make_pair(fastest(candidates, *l, 32), fastest(candidates, *l, kPackRows))).first;
     }
     std::tie(l->small, l->large) = it->second;
+    if (!prepared_for(*l, l->small)) l->small = Engine::Sgemm;  // its packing failed where the first's worked
+    if (!prepared_for(*l, l->large)) l->large = Engine::Sgemm;
     if (l->small != Engine::MklPacked && l->large != Engine::MklPacked) l->mkl_weight.reset();
     if (l->small != Engine::OneDnn && l->large != Engine::OneDnn) l->onednn_weight = at::Tensor();
   }

@@ -137,7 +137,8 @@ std::map<int64_t, std::shared_ptr<Translator>> g_models;
 int64_t g_next_handle = 1;
 
 // The model prepared for the calling thread's torch thread count (prepared now if it is the first
-// call at that count; concurrent callers at the same count wait for it).
+// call at that count; concurrent callers at the same count wait for it). Every entry point starts
+// here, so this is also where the calling thread takes torch's thread count (use_torch_threads).
 std::shared_ptr<const Model> get_model(int64_t handle) {
   std::shared_ptr<Translator> translator;
   {
@@ -269,8 +270,8 @@ void bias_activation(float* x, const float* b, int64_t m, int64_t n, bool gelu) 
 }
 
 // Where attention finds key/value j (as an offset in floats from the buffer's start): evenly spaced
-// (the encoder, cross-attention, the step API's caches) or through a per-row table (the search's
-// caches, whose rows are never moved; see Caches).
+// (the encoder, cross-attention) or through a per-row table (decoder self-attention: the search's
+// caches, whose rows are never moved, see Caches, and the step API's [B, P+1] buffers).
 struct Strided {
   int64_t stride;
   int64_t operator()(int64_t j) const { return j * stride; }
@@ -990,7 +991,6 @@ std::string translator_gemm_engines(int64_t handle) {
 }
 
 at::Tensor translator_encode(int64_t handle, const at::Tensor& src_ids, const at::Tensor& src_pad_mask) {
-  use_torch_threads();
   const auto model = get_model(handle);
   const Sources s = read_sources(*model, src_ids, src_pad_mask);
   at::Tensor memory = at::empty({s.B, s.S, model->D}, at::TensorOptions().dtype(at::kFloat));
@@ -1001,7 +1001,6 @@ at::Tensor translator_encode(int64_t handle, const at::Tensor& src_ids, const at
 
 // Per layer (k, v) as [B, H, S, Dh] views of [B, S, D] buffers (the step API's layout).
 std::vector<at::Tensor> translator_cross_kv(int64_t handle, const at::Tensor& memory_in) {
-  use_torch_threads();
   const auto model = get_model(handle);
   const Model& M = *model;
   TORCH_CHECK(memory_in.dim() == 3 && memory_in.size(2) == M.D, "mmserve_cpu: memory must be [B, S, D]");
@@ -1022,7 +1021,6 @@ std::vector<at::Tensor> translator_cross_kv(int64_t handle, const at::Tensor& me
 std::tuple<at::Tensor, std::vector<at::Tensor>> translator_decode_step(
     int64_t handle, const at::Tensor& tokens_in, const at::Tensor& positions_in, at::TensorList self_kv,
     const at::Tensor& self_pad_mask, at::TensorList cross_kv, const at::Tensor& src_pad_mask) {
-  use_torch_threads();
   const auto model = get_model(handle);
   const Model& M = *model;
   const int64_t layers = static_cast<int64_t>(M.dec.size());
@@ -1097,7 +1095,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> translator_search(
     int64_t handle, const at::Tensor& src_ids, const at::Tensor& src_pad_mask, int64_t bos, int64_t eos, int64_t pad,
     int64_t max_length, int64_t beam_size, double alpha, int64_t n_best, bool fairseq, int64_t min_length,
     int64_t unk_id, double unk_penalty) {
-  use_torch_threads();
   const auto model = get_model(handle);
   const Model& M = *model;
   TORCH_CHECK(beam_size >= 1 && n_best >= 1 && n_best <= beam_size,
